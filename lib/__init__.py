@@ -1,0 +1,12 @@
+"""Reference implementations for the deep generative models course.
+
+One module per idea, each readable top to bottom like the chapter it serves:
+
+    device    where tensors live, and seeding
+    data      sklearn's bundled digits (fixed split) and toy 2-D sets
+    train     one optimisation loop for every chapter
+    plot      the book's figures
+    grading   helpers for the exercise notebooks' test cells
+    course    the instructor's commands (book, release, autograde, feedback, grades)
+    kl        chapter 01: KL divergence
+"""

@@ -1,0 +1,94 @@
+"""One optimisation loop for every chapter.
+
+`minimise` runs gradient steps on any objective: a function returning a dict of named scalar
+terms, one of them ``"loss"``. `fit` is `minimise` with the objective "the model's loss on a
+fresh minibatch": minibatches are drawn by indexing tensors that already sit on the device, so
+there is no DataLoader, no per-batch copy and no host synchronisation inside a step. The
+history (one value per step for every named term) stays on the device until the end.
+"""
+import sys
+from collections import defaultdict
+
+import torch
+from tqdm.auto import tqdm
+
+
+def show_progress(progress) -> bool:
+    """tqdm bars appear when asked for (``progress=True``) or, by default, on a terminal.
+
+    They stay out of executed pages (the book, the tests), where stderr is not a terminal.
+    """
+    return sys.stderr.isatty() if progress is None else bool(progress)
+
+
+def minimise(objective, parameters, *, steps: int, lr: float = 1e-3, optimizer=None,
+             schedule: str = "constant", progress=None, desc: str | None = None) -> dict[str, torch.Tensor]:
+    """Take ``steps`` optimiser steps on ``objective(step) -> {"loss": scalar, ...}``.
+
+    parameters: the tensors to optimise (ignored when ``optimizer`` is given; Adam otherwise).
+    schedule: ``"constant"`` learning rate, or ``"cosine"`` decay to zero over the run, which
+              removes most of the stochastic-gradient noise from the final parameters.
+    Returns the history: every named term, as a 1-D CPU tensor with one entry per step.
+    """
+    if not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
+    if optimizer is None:
+        optimizer = torch.optim.Adam(list(parameters), lr=lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1)) if schedule == "cosine" else None
+    records = defaultdict(list)
+    bar = tqdm(range(steps), desc=desc, disable=not show_progress(progress), leave=False)
+    for step in bar:
+        terms = objective(step)
+        if "loss" not in terms:
+            raise ValueError(f"objective must return a dict with a 'loss' entry, got keys {sorted(terms)}")
+        optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        for name, value in terms.items():
+            records[name].append(value.detach())
+        if not bar.disable and step % 50 == 0:
+            bar.set_postfix(loss=f"{terms['loss'].item():.3f}")  # a sync, only when shown
+    return {name: torch.stack(values).float().cpu() for name, values in records.items()}
+
+
+def fit(model: torch.nn.Module, *data: torch.Tensor, steps: int, batch_size: int = 100,
+        lr: float = 1e-3, loss=None, seed: int = 0, progress=None, desc: str | None = None,
+        optimizer=None) -> dict[str, torch.Tensor]:
+    """Train ``model`` on in-memory tensors with minibatches; return the loss history.
+
+    data: one or more tensors with the same first dimension (e.g. ``x`` or ``x, y``), on the
+          device the model lives on. Each epoch visits them in a fresh seeded order.
+    loss: ``loss(*batch) -> dict`` with a ``"loss"`` entry; defaults to ``model.loss``.
+    """
+    if not data:
+        raise ValueError("fit needs at least one data tensor")
+    n = len(data[0])
+    for i, tensor in enumerate(data):
+        if not isinstance(tensor, torch.Tensor) or len(tensor) != n:
+            raise ValueError(f"data[{i}] must be a tensor with {n} rows like data[0], got "
+                             f"{type(tensor).__name__} of length {len(tensor) if hasattr(tensor, '__len__') else '?'}")
+    if not isinstance(batch_size, int) or not 0 < batch_size <= n:
+        raise ValueError(f"batch_size must be an int in 1..{n}, got {batch_size!r}")
+    loss = model.loss if loss is None else loss
+    device = data[0].device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    batches_per_epoch = n // batch_size
+    order = None
+
+    def objective(step):
+        nonlocal order
+        k = step % batches_per_epoch
+        if k == 0:
+            order = torch.randperm(n, device=device, generator=generator)
+        index = order[k * batch_size:(k + 1) * batch_size]
+        return loss(*(tensor[index] for tensor in data))
+
+    model.train()
+    history = minimise(objective, model.parameters(), steps=steps, lr=lr, optimizer=optimizer,
+                       progress=progress, desc=desc)
+    model.eval()
+    return history

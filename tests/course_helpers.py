@@ -1,0 +1,61 @@
+"""Reading nbgrader notebooks in tests: solution and hidden-test text, and making submissions."""
+import html
+import re
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parent.parent
+SOLUTION = re.compile(r"### BEGIN SOLUTION\n(.*?)### END SOLUTION", re.S)
+HIDDEN = re.compile(r"### BEGIN HIDDEN TESTS\n(.*?)### END HIDDEN TESTS", re.S)
+
+
+def assignments() -> list[str]:
+    return sorted(p.name for p in (ROOT / "solutions").iterdir() if (p / f"{p.name}.ipynb").exists())
+
+
+def source(assignment: str, root: Path = ROOT):
+    return nbformat.read(root / "solutions" / assignment / f"{assignment}.ipynb", as_version=4)
+
+
+def release(assignment: str, root: Path = ROOT):
+    return nbformat.read(root / "notebooks" / assignment / f"{assignment}.ipynb", as_version=4)
+
+
+def secret_lines(assignment: str, *, solutions: bool = True) -> set[str]:
+    """Distinctive lines of hidden tests (and of solution code): none may reach a student.
+
+    Feedback shows a student their own code, so it is checked with ``solutions=False``.
+    """
+    lines = set()
+    for cell in source(assignment).cells:
+        blocks = HIDDEN.findall(cell.source) + (SOLUTION.findall(cell.source) if solutions else [])
+        for block in blocks:
+            lines |= {line.strip() for line in block.splitlines() if len(line.strip()) >= 25}
+    return lines
+
+
+def visible_text(page: str) -> str:
+    """The text of an HTML page, tags stripped (syntax highlighting splits code into spans)."""
+    return html.unescape(re.sub(r"<[^>]+>", "", page))
+
+
+def solution_answers(assignment: str) -> dict[str, str]:
+    """grade_id -> the solution cell's code without the markers, as a student would write it."""
+    answers = {}
+    for cell in source(assignment).cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if meta.get("solution"):
+            answers[meta["grade_id"]] = "\n".join(
+                line for line in cell.source.splitlines() if "### BEGIN SOLUTION" not in line and "### END SOLUTION" not in line)
+    return answers
+
+
+def submission(assignment: str, answers: dict[str, str], root: Path = ROOT):
+    """The released notebook with some solution cells filled in, as a student hands it in."""
+    nb = release(assignment, root)
+    for cell in nb.cells:
+        grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
+        if grade_id in answers:
+            cell.source = answers[grade_id]
+    return nb

@@ -1,0 +1,59 @@
+"""The built book (``make test`` builds it first with -W): every toc page rendered, chapter pages
+executed, and no solution code or hidden test anywhere in the HTML."""
+import re
+
+import pytest
+import yaml
+
+from tests.course_helpers import ROOT, assignments, secret_lines, visible_text
+
+HTML = ROOT / "_build" / "html"
+
+
+def toc_files() -> list[str]:
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [toc["root"]]
+    for part in toc.get("parts", []):
+        files += [chapter["file"] for chapter in part["chapters"]]
+    return files
+
+
+@pytest.fixture(scope="module")
+def pages():
+    if not (HTML / "index.html").exists():
+        pytest.fail("_build/html is missing: `make test` builds the book first (or run `make book`)")
+    return {f: (HTML / f"{f}.html").read_text() for f in toc_files()}
+
+
+def test_every_toc_file_is_built(pages):
+    assert all(pages.values())
+
+
+def test_every_chapter_and_exercise_is_listed_in_the_toc():
+    files = set(toc_files())
+    chapters = {f"book/{p.stem}" for p in (ROOT / "book").glob("[0-9][0-9]-*.md")}
+    assert chapters and chapters <= files
+    assert {f"notebooks/{a}/{a}" for a in assignments()} <= files
+
+
+def test_chapter_pages_were_executed(pages):
+    for name, page in pages.items():
+        if re.match(r"book/\d\d-", name):
+            assert "cell_output" in page and "<img" in page, f"{name} shows no executed output or figure"
+            assert "Traceback" not in visible_text(page), f"{name} shows an error"
+
+
+def test_exercise_pages_show_the_student_version(pages):
+    for a in assignments():
+        text = visible_text(pages[f"notebooks/{a}/{a}"])
+        assert "# YOUR CODE HERE" in text and "NotImplementedError" in text
+
+
+def test_no_solutions_or_hidden_tests_in_the_html():
+    secrets = {line: a for a in assignments() for line in secret_lines(a)}
+    for path in list(HTML.rglob("*.html")) + list((HTML / "_sources").rglob("*")):
+        if path.is_file() and path.suffix in (".html", ".ipynb", ".md", ".txt"):
+            text = visible_text(path.read_text(errors="ignore"))
+            assert "BEGIN HIDDEN TESTS" not in text and "BEGIN SOLUTION" not in text, path
+            leaked = [line for line in secrets if line in text]
+            assert not leaked, f"{path.relative_to(ROOT)} leaks: {leaked[:3]}"

@@ -1,0 +1,144 @@
+"""lib.device, lib.data, lib.train and lib.plot."""
+import matplotlib.pyplot as plt
+import pytest
+import torch
+
+from lib.data import digits, toy2d, toy2d_modes
+from lib.device import default_device, seed_everything
+from lib.plot import curves, density_2d, image_grid, latent_manifold, results_table, scatter_2d
+from lib.train import fit, minimise
+
+
+# ---------------------------------------------------------------------------- device
+
+def test_default_device_honours_the_environment(monkeypatch):
+    monkeypatch.setenv("DGM_DEVICE", "cpu")
+    assert default_device() == torch.device("cpu")
+    monkeypatch.delenv("DGM_DEVICE")
+    assert default_device().type in ("cpu", "cuda", "mps")
+
+
+def test_seed_everything_repeats_random_numbers():
+    seed_everything(3)
+    a = torch.randn(4)
+    seed_everything(3)
+    assert torch.equal(a, torch.randn(4))
+    with pytest.raises(ValueError, match="seed must be a non-negative int"):
+        seed_everything(-1)
+
+
+# ---------------------------------------------------------------------------- data
+
+def test_digits_split_is_fixed_and_disjoint():
+    parts = {s: digits(s) for s in ("train", "val", "test")}
+    assert [len(parts[s][0]) for s in parts] == [1000, 350, 447]
+    x_train, _ = parts["train"]
+    assert x_train.shape[1:] == (1, 8, 8) and x_train.dtype == torch.float32
+    assert x_train.min() == 0 and x_train.max() == 16 and torch.equal(x_train, x_train.round())
+    from sklearn.datasets import load_digits
+    raw = torch.as_tensor(load_digits().images, dtype=torch.float32)
+    assert torch.cat([parts[s][0][:, 0] for s in parts]).sum() == raw.sum()  # a permutation of all 1797
+    assert torch.equal(digits("test")[0], parts["test"][0])  # the same split every call
+
+
+def test_digits_binarised():
+    x, y = digits("val", binarize=True)
+    assert set(x.unique().tolist()) == {0.0, 1.0}
+    assert y.dtype == torch.long and set(y.unique().tolist()) == set(range(10))
+    with pytest.raises(ValueError, match="split must be one of"):
+        digits("training")
+
+
+@pytest.mark.parametrize("name, count, std", [("ring", 8, 0.01), ("grid", 25, 0.05)])
+def test_toy_mixtures_have_their_modes_and_spread(name, count, std):
+    x = toy2d(name, 20_000, seed=1)
+    modes = toy2d_modes(name)
+    assert modes.shape == (count, 2)
+    distance, nearest = torch.cdist(x, modes).min(1)
+    assert len(nearest.unique()) == count
+    assert (x - modes[nearest]).std().item() == pytest.approx(std, rel=0.05)
+    assert torch.equal(x, toy2d(name, 20_000, seed=1))
+
+
+def test_other_toy_sets():
+    assert toy2d("moons", 100).shape == (100, 2)
+    c = toy2d("correlated", 50_000)
+    assert torch.corrcoef(c.T)[0, 1].item() == pytest.approx(0.9, abs=0.01)
+    with pytest.raises(ValueError, match="name must be one of"):
+        toy2d("spiral", 10)
+    with pytest.raises(ValueError, match="n must be a positive int"):
+        toy2d("ring", 0)
+
+
+# ---------------------------------------------------------------------------- train
+
+class Linear(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(3))
+
+    def loss(self, x, y):
+        residual = x @ self.w - y
+        return {"loss": residual.pow(2).mean(), "max_residual": residual.abs().max()}
+
+
+def regression_data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 3, generator=g)
+    return x, x @ torch.tensor([1.0, -2.0, 0.5])
+
+
+def test_fit_learns_and_records_every_term():
+    model = Linear()
+    history = fit(model, *regression_data(), steps=600, batch_size=50, lr=0.05)
+    assert set(history) == {"loss", "max_residual"} and history["loss"].shape == (600,)
+    assert history["loss"][-20:].mean() < 1e-3 * history["loss"][:5].mean()
+    torch.testing.assert_close(model.w.detach(), torch.tensor([1.0, -2.0, 0.5]), atol=1e-2, rtol=0)
+
+
+def test_fit_is_deterministic():
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = Linear()
+        runs.append(fit(model, *regression_data(), steps=50, batch_size=32, seed=3)["loss"])
+    assert torch.equal(*runs)
+
+
+def test_fit_and_minimise_bad_input():
+    x, y = regression_data()
+    with pytest.raises(ValueError, match=r"data\[1\] must be a tensor with 500 rows"):
+        fit(Linear(), x, y[:10], steps=1)
+    with pytest.raises(ValueError, match="batch_size must be an int in 1..500"):
+        fit(Linear(), x, y, steps=1, batch_size=1000)
+    w = torch.zeros(1, requires_grad=True)
+    with pytest.raises(ValueError, match="objective must return a dict with a 'loss' entry"):
+        minimise(lambda step: {"nll": w.sum()}, [w], steps=1)
+    with pytest.raises(ValueError, match="schedule must be"):
+        minimise(lambda step: {"loss": w.sum()}, [w], steps=1, schedule="linear")
+
+
+def test_cosine_schedule_settles_a_noisy_objective():
+    torch.manual_seed(0)
+    w = torch.zeros(1, requires_grad=True)
+    noisy = lambda step: {"loss": (w - 3 - torch.randn(64).mean()).pow(2).sum()}  # noqa: E731
+    minimise(noisy, [w], steps=800, lr=0.1, schedule="cosine")
+    assert abs(w.item() - 3) < 0.03
+
+
+# ---------------------------------------------------------------------------- plot
+
+def test_plots_draw_and_reject_bad_shapes():
+    fig, axes = plt.subplots(1, 5)
+    image_grid(torch.rand(10, 1, 8, 8), nrow=5, ax=axes[0])
+    scatter_2d(torch.randn(20, 2), ax=axes[1])
+    density_2d(lambda z: -(z ** 2).sum(1), ax=axes[2])
+    curves({"loss": torch.rand(30)}, ax=axes[3], smooth=5)
+    latent_manifold(lambda z: z.sum(1).reshape(-1, 1, 1, 1).expand(-1, 1, 4, 4), n=4, ax=axes[4])
+    plt.close(fig)
+    with pytest.raises(ValueError, match="one channel"):
+        image_grid(torch.rand(2, 3, 8, 8))
+    with pytest.raises(ValueError, match=r"shape \(n, 2\)"):
+        scatter_2d(torch.rand(5, 3))
+    table = results_table([{"a": 1.23456, "b": "x"}]).data
+    assert table.splitlines()[0] == "| a | b |" and "1.235" in table
