@@ -9,4 +9,6 @@ One module per idea, each readable top to bottom like the chapter it serves:
     grading   helpers for the exercise notebooks' test cells
     course    the instructor's commands (book, release, autograde, feedback, grades)
     kl        chapter 01: KL divergence
+    vi        chapter 02: variational inference (CAVI, mean-field Ising)
+    elbo      chapter 03: the evidence lower bound (EM, PPCA, IWAE)
 """

@@ -27,12 +27,14 @@ def secret_lines(assignment: str, *, solutions: bool = True) -> set[str]:
 
     Feedback shows a student their own code, so it is checked with ``solutions=False``.
     """
-    lines = set()
+    lines, public = set(), set()
     for cell in source(assignment).cells:
         blocks = HIDDEN.findall(cell.source) + (SOLUTION.findall(cell.source) if solutions else [])
         for block in blocks:
             lines |= {line.strip() for line in block.splitlines() if len(line.strip()) >= 25}
-    return lines
+        visible = HIDDEN.sub("", SOLUTION.sub("", cell.source))
+        public |= {line.strip() for line in visible.splitlines()}
+    return lines - public  # a line that also stands in the visible part gives nothing away
 
 
 def visible_text(page: str) -> str:

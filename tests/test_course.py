@@ -31,6 +31,29 @@ WRONG = {
         },
         "lose": ["test_kl_categorical", "test_kl_diag_gaussian", "test_kl_monte_carlo", "test_factorised_fit_variances"],
     },
+    "02-vi": {
+        "answers": {
+            "update_q_tau": "def update_q_tau(x, m, lam, mu0, lam0, a0, b0):\n    n = len(x)\n"
+                            "    expected_squares = ((x - m) ** 2).sum() + n / lam + lam0 * ((m - mu0) ** 2 + 1 / lam)\n"
+                            "    return torch.stack([a0 + n / 2, b0 + 0.5 * expected_squares])",
+            "ising_elbo": "def ising_elbo(m, J, h):\n"
+                          "    return J * ((m[1:, :] * m[:-1, :]).sum() + (m[:, 1:] * m[:, :-1]).sum()) + h * m.sum()",
+            "largest_decrease": "def largest_decrease(elbos):\n    return (elbos[1:] - elbos[:-1]).clamp(min=0).max()",
+        },
+        "lose": ["test_update_q_tau", "test_ising_elbo", "test_largest_decrease"],
+    },
+    "03-elbo": {
+        "answers": {
+            "responsibilities": "def responsibilities(x, weights, means, covs):\n"
+                                "    return (weights.log() + MultivariateNormal(means, covariance_matrix=covs).log_prob(x[:, None, :])).exp()",
+            "gmm_elbo": "def gmm_elbo(x, weights, means, covs, resp):\n"
+                        "    return (resp * (weights.log() + MultivariateNormal(means, covariance_matrix=covs).log_prob(x[:, None, :]))).sum()",
+            "m_step": "def m_step(x, resp):\n    N = resp.sum(0)\n    means = resp.T @ x / N[:, None]\n"
+                      "    diff = x[None, :, :] - means[:, None, :]\n"
+                      "    return N / len(x), means, torch.einsum('nk,kni,knj->kij', resp, diff, diff) / (N - 1)[:, None, None]",
+        },
+        "lose": ["test_responsibilities", "test_gmm_elbo", "test_m_step"],
+    },
 }
 # Calling the reference instead of implementing it: every task must score 0.
 CHEAT = {
@@ -63,7 +86,7 @@ def test_exercise_metadata_is_valid(assignment):
         assert meta["locked"] and not meta["solution"] and meta["points"] > 0, meta["grade_id"]
         assert "raises-exception" in cell.metadata.get("tags", []), f"{meta['grade_id']} needs the raises-exception tag"
         assert "### BEGIN HIDDEN TESTS" in cell.source, f"{meta['grade_id']} has no hidden tests"
-        assert "check(" in cell.source, f"{meta['grade_id']} should check through lib.grading"
+        assert "from lib.grading import" in cell.source, f"{meta['grade_id']} should check through lib.grading"
     for cell in nb.cells:
         meta = cell.metadata["nbgrader"]
         if meta["solution"]:
