@@ -3,6 +3,7 @@
 One module per idea, each readable top to bottom like the chapter it serves:
 
     device    where tensors live, and seeding
+    checks    argument checks with clear errors
     data      sklearn's bundled digits (fixed split) and toy 2-D sets
     train     one optimisation loop for every chapter
     plot      the book's figures

@@ -12,6 +12,8 @@ from functools import lru_cache
 
 import torch
 
+from lib.checks import one_of, positive_int
+
 SPLIT_SIZES = {"train": 1000, "val": 350, "test": 447}
 SPLIT_SEED = 0
 LEVELS = 17  # grey levels 0..16 in the digits data
@@ -37,8 +39,7 @@ def digits(split: str = "train", *, binarize: bool = False, device=None):
 
     Use ``x.long()`` for a categorical (17-level) likelihood and ``x.flatten(1)`` for MLPs.
     """
-    if split not in SPLIT_SIZES:
-        raise ValueError(f"split must be one of {sorted(SPLIT_SIZES)}, got {split!r}")
+    one_of("split", split, SPLIT_SIZES)
     x, y = _digits_shuffled()
     start = {"train": 0, "val": 1000, "test": 1350}[split]
     x, y = x[start:start + SPLIT_SIZES[split]], y[start:start + SPLIT_SIZES[split]]
@@ -72,8 +73,7 @@ def toy2d(name: str, n: int, *, seed: int = 0, device=None) -> torch.Tensor:
     moons       scikit-learn's two moons, noise 0.05
     correlated  a zero-mean Gaussian with unit variances and correlation 0.9
     """
-    if not isinstance(n, int) or n <= 0:
-        raise ValueError(f"n must be a positive int, got {n!r}")
+    positive_int("n", n)
     g = torch.Generator().manual_seed(seed)
     if name in TOY2D_STD:
         modes = toy2d_modes(name)

@@ -25,15 +25,14 @@ import math
 import torch
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal, kl_divergence
 
+from lib.checks import float_tensor, positive_int
+
 # ----------------------------------------------------------------------------------------
 # Checking inputs
 
 
 def _check_x(x) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+    float_tensor("x", x)
     if x.dim() != 2 or len(x) == 0:
         raise ValueError(f"x must have shape (n, d) with n >= 1 (use x[:, None] for 1-D data), got {tuple(x.shape)}")
     return x
@@ -42,8 +41,7 @@ def _check_x(x) -> torch.Tensor:
 def _check_gmm(x, weights, means, covs) -> tuple[int, int]:
     n, d = _check_x(x).shape
     for name, value in (("weights", weights), ("means", means), ("covs", covs)):
-        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point torch.Tensor, got {type(value).__name__}")
+        float_tensor(name, value)
     if weights.dim() != 1:
         raise ValueError(f"weights must have shape (K,), got {tuple(weights.shape)}")
     K = len(weights)
@@ -57,8 +55,7 @@ def _check_gmm(x, weights, means, covs) -> tuple[int, int]:
 
 
 def _check_resp(resp, n: int, K: int) -> torch.Tensor:
-    if not isinstance(resp, torch.Tensor) or not resp.is_floating_point():
-        raise TypeError(f"resp must be a floating-point torch.Tensor, got {type(resp).__name__}")
+    float_tensor("resp", resp)
     if resp.shape != (n, K):
         raise ValueError(f"resp must have shape (n, K) = ({n}, {K}), got {tuple(resp.shape)}")
     if (resp < 0).any():
@@ -333,8 +330,7 @@ def ppca_em(x: torch.Tensor, q_dim: int, *, iterations: int = 100, mean_field: b
 def iwae_bound(log_weights: torch.Tensor, dim: int = 0) -> torch.Tensor:
     """L_K = log (1/K) sum_k w_k from log w_k = log p(x, z_k) - log q(z_k), z_k ~ q, along ``dim``
     (eq-elbo-iwae). E[L_K] <= E[L_{K+1}] <= log p(x) (Burda et al. 2016); K = 1 is the ELBO."""
-    if not isinstance(log_weights, torch.Tensor) or not log_weights.is_floating_point():
-        raise TypeError(f"log_weights must be a floating-point torch.Tensor, got {type(log_weights).__name__}")
+    float_tensor("log_weights", log_weights)
     if log_weights.dim() == 0:
         raise ValueError("log_weights must have a sample dimension of size K, got a 0-dim tensor")
     K = log_weights.shape[dim]
@@ -352,9 +348,8 @@ def importance_log_weights(log_joint, q: Distribution, K: int, *, repeats: int =
     """
     if not isinstance(q, Distribution):
         raise TypeError(f"q must be a torch.distributions.Distribution, got {type(q).__name__}")
-    for name, value in (("K", K), ("repeats", repeats)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    positive_int("K", K)
+    positive_int("repeats", repeats)
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:

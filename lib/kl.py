@@ -6,19 +6,12 @@ and returns KL(p || q) = E_p[log p(x) - log q(x)]   (eq-kl-def in book/01-kl.md)
 import torch
 from torch.distributions import Distribution, Independent, Normal
 
+from lib.checks import float_tensor, positive_int
 from lib.train import minimise
 
 
 # ----------------------------------------------------------------------------------------
 # Checking inputs
-
-def _as_float_tensor(name: str, value) -> torch.Tensor:
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    if not value.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
-    return value
-
 
 def _check_probabilities(name: str, p: torch.Tensor, atol: float = 1e-4) -> None:
     if (p < 0).any():
@@ -38,7 +31,7 @@ def kl_categorical(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     Conventions (eq-kl-categorical): 0 log(0/q) = 0, and p_k > 0 with q_k = 0 gives +inf.
     Returns a tensor with the batch shape of p and q (the last dimension summed out).
     """
-    p, q = _as_float_tensor("p", p), _as_float_tensor("q", q)
+    p, q = float_tensor("p", p), float_tensor("q", q)
     if p.shape != q.shape:
         raise ValueError(f"p and q must have the same shape, got {tuple(p.shape)} and {tuple(q.shape)}")
     if p.dim() == 0:
@@ -60,8 +53,8 @@ def kl_gaussian(mu_p: torch.Tensor, cov_p: torch.Tensor, mu_q: torch.Tensor, cov
 
         KL = 1/2 [ tr(S_q^-1 S_p) + (mu_q - mu_p)^T S_q^-1 (mu_q - mu_p) - d + log det S_q - log det S_p ]
     """
-    mu_p, mu_q = _as_float_tensor("mu_p", mu_p), _as_float_tensor("mu_q", mu_q)
-    cov_p, cov_q = _as_float_tensor("cov_p", cov_p), _as_float_tensor("cov_q", cov_q)
+    mu_p, mu_q = float_tensor("mu_p", mu_p), float_tensor("mu_q", mu_q)
+    cov_p, cov_q = float_tensor("cov_p", cov_p), float_tensor("cov_q", cov_q)
     if mu_p.dim() == 0 or mu_p.shape != mu_q.shape:
         raise ValueError(f"mu_p and mu_q must have the same shape (..., d), got {tuple(mu_p.shape)} and {tuple(mu_q.shape)}")
     d = mu_p.shape[-1]
@@ -116,8 +109,7 @@ def kl_mc(p: Distribution, q: Distribution, n: int) -> torch.Tensor:
     """
     _check_distribution("p", p)
     _check_distribution("q", q)
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}")
+    positive_int("n", n)
     x = p.sample((n,))
     return (p.log_prob(x) - q.log_prob(x)).mean(0)
 

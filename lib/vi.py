@@ -26,16 +26,15 @@ from typing import NamedTuple
 import torch
 from torch.distributions import Gamma, Normal
 
+from lib.checks import float_tensor
+
 # ----------------------------------------------------------------------------------------
 # Checking inputs
 
 
 def _check_data(x) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
-    if x.dim() != 1 or len(x) == 0:
+    float_tensor("x", x, dim=1, shape="(n,)")
+    if len(x) == 0:
         raise ValueError(f"x must have shape (n,) with n >= 1 observations, got {tuple(x.shape)}")
     return x
 
@@ -270,8 +269,7 @@ def ising_mean_field_elbo(m: torch.Tensor, J, h) -> torch.Tensor:
 
     for q(s) = prod_i q_i(s_i) with magnetisations m_i = E_q[s_i] in [-1, 1], shape (..., L, L).
     """
-    if not isinstance(m, torch.Tensor) or not m.is_floating_point():
-        raise TypeError(f"m must be a floating-point tensor, got {type(m).__name__}")
+    float_tensor("m", m)
     if (m.abs() > 1).any():
         raise ValueError(f"m holds magnetisations, which must lie in [-1, 1]; got max |m| = {m.abs().max().item():.4g}")
     return ising_log_potential(m, J, h) + _binary_entropy(m).sum((-2, -1))

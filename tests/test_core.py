@@ -142,3 +142,23 @@ def test_plots_draw_and_reject_bad_shapes():
         scatter_2d(torch.rand(5, 3))
     table = results_table([{"a": 1.23456, "b": "x"}]).data
     assert table.splitlines()[0] == "| a | b |" and "1.235" in table
+
+
+# lib.checks: one message style for every module's bad input
+
+def test_checks_name_the_argument_and_the_expectation():
+    from lib.checks import float_tensor, one_of, positive_int
+
+    x = torch.zeros(3, 2)
+    assert float_tensor("x", x, dim=2) is x
+    with pytest.raises(TypeError, match="z must be a floating-point torch.Tensor, got list"):
+        float_tensor("z", [1.0])
+    with pytest.raises(TypeError, match="z must be a floating-point torch.Tensor, got dtype torch.int64"):
+        float_tensor("z", torch.tensor([1]))
+    with pytest.raises(ValueError, match=r"z must have shape \(n, d\), got \(3,\)"):
+        float_tensor("z", torch.zeros(3), dim=2, shape="(n, d)")
+    for bad in (0, -1, 2.0, True, "3"):
+        with pytest.raises(ValueError, match="K must be a positive int"):
+            positive_int("K", bad)
+    with pytest.raises(ValueError, match=r"mode must be one of \['a', 'b'\], got 'c'"):
+        one_of("mode", "c", ("a", "b"))

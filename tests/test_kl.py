@@ -45,7 +45,7 @@ def test_categorical_conventions():
     (torch.tensor([0.5, 0.6]), torch.tensor([0.5, 0.5]), ValueError, "p must sum to 1"),
     (torch.tensor([0.5, 0.5]), torch.tensor([1.5, -0.5]), ValueError, "q must have non-negative"),
     (torch.tensor([0.5, 0.5]), torch.tensor([0.2, 0.3, 0.5]), ValueError, "same shape"),
-    ([0.5, 0.5], torch.tensor([0.5, 0.5]), TypeError, "p must be a torch.Tensor"),
+    ([0.5, 0.5], torch.tensor([0.5, 0.5]), TypeError, "p must be a floating-point torch.Tensor"),
     (torch.tensor([1, 0]), torch.tensor([1, 0]), TypeError, "floating-point"),
 ])
 def test_categorical_bad_input(p, q, error, words):

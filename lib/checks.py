@@ -1,0 +1,34 @@
+"""Argument checks shared by every module: a bad input gets an error that names the argument
+and says what was expected, before it turns into an obscure shape error deep inside torch."""
+from __future__ import annotations
+
+import torch
+
+
+def float_tensor(name: str, value, *, dim: int | None = None, shape: str | None = None) -> torch.Tensor:
+    """Return `value` if it is a floating-point torch.Tensor (with `dim` dimensions, if given).
+
+    `shape` is how the error message describes the expected shape, e.g. "(n, d)".
+    """
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a floating-point torch.Tensor, got {type(value).__name__}")
+    if not value.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point torch.Tensor, got dtype {value.dtype}")
+    if dim is not None and value.dim() != dim:
+        expected = shape or f"{dim} dimensions"
+        raise ValueError(f"{name} must have shape {expected}, got {tuple(value.shape)}")
+    return value
+
+
+def positive_int(name: str, value) -> int:
+    """Return `value` if it is an int >= 1 (bools are rejected)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def one_of(name: str, value, options) -> str:
+    """Return `value` if it is one of `options`."""
+    if value not in options:
+        raise ValueError(f"{name} must be one of {sorted(options)}, got {value!r}")
+    return value
