@@ -3,7 +3,8 @@
 #   make test        the whole test suite (builds the book first)
 #   make lab         JupyterLab on the exercise notebooks
 #   make release     solutions/ -> notebooks/ (student versions, committed)
-#   make autograde   grade submitted/<student>/<assignment>/  (ASSIGNMENT=01-kl to limit)
+#   make autograde   grade new or changed submitted/<student>/<assignment>/
+#                    (ASSIGNMENT=01-kl to limit, JOBS=2 in parallel, FORCE=1 to regrade all)
 #   make feedback    feedback/<student>/<assignment>/*.html
 #   make grades      grades.csv
 PYTHON ?= python3
@@ -11,6 +12,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 COURSE := $(BIN)/python -m lib.course
+JOBS   ?= 1
 
 .PHONY: install book test lab release autograde feedback grades bench clean
 
@@ -36,7 +38,7 @@ release: $(STAMP)
 	$(COURSE) release
 
 autograde: $(STAMP)
-	$(COURSE) autograde $(ASSIGNMENT)
+	$(COURSE) autograde $(ASSIGNMENT) --jobs $(JOBS) $(if $(FORCE),--force)
 
 feedback: $(STAMP)
 	$(COURSE) feedback $(ASSIGNMENT)

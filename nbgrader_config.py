@@ -13,10 +13,34 @@ c.CourseDirectory.db_url = "sqlite:///gradebook.db"
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
 c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
 
-# Per-cell timeout while autograding (seconds); the whole-notebook limit is
-# lib.course.WHOLE_NOTEBOOK_LIMIT_S.
+# Autograding runs students' code: see lib/autograde.py and lib/sandbox.py.
+# The resource-limited kernel (written into the venv by `make autograde`).
+c.Execute.kernel_name = "dgm-grader"
+# Per-cell timeout (s): the cell is interrupted, gets an error and scores 0.
 c.Execute.timeout = 120
 c.Execute.interrupt_on_timeout = True
+# Seconds to wait for a cell's last output after its reply (generous: the machine may be busy).
+c.Execute.iopub_timeout = 15
+# Whole-notebook limit (s): the cells after it are not run and score 0.
+c.GradingExecute.notebook_timeout = 600
+# A cell that kills the kernel scores 0; the rest run in a fresh kernel.
+c.GradingExecute.max_kernel_restarts = 3
+# Outputs kept per cell, and characters per output (a flood of prints is cut).
+c.GradingExecute.max_outputs = 50
+c.GradingExecute.max_output_chars = 10_000
+c.LimitOutput.max_lines = 200
+c.Autograde.autograde_preprocessors = [
+    "lib.autograde.GradingExecute",
+    "nbgrader.preprocessors.IgnorePattern",
+    "nbconvert.preprocessors.ClearMetadataPreprocessor",
+    "nbgrader.preprocessors.LimitOutput",
+    "nbgrader.preprocessors.SaveAutoGrades",
+    "nbgrader.preprocessors.AssignLatePenalties",
+    "nbgrader.preprocessors.CheckCellMetadata",
+]
+# Test cells deleted from a submission are put back from the gradebook (edited ones are
+# always overwritten), so removing or editing a test earns nothing.
+c.OverwriteCells.add_missing_cells = True
 
 # Feedback returned to students never shows hidden tests (nor tracebacks quoting them).
 c.GenerateFeedback.preprocessors = [

@@ -9,6 +9,8 @@ One module per idea, each readable top to bottom like the chapter it serves:
     plot      the book's figures
     grading   helpers for the exercise notebooks' test cells
     course    the instructor's commands (book, release, autograde, feedback, grades)
+    autograde grading a class: hardened nbgrader runs, resume, lock, parallel jobs
+    sandbox   the resource-limited kernel that runs students' code
     kl        chapter 01: KL divergence
     vi        chapter 02: variational inference (CAVI, mean-field Ising)
     elbo      chapter 03: the evidence lower bound (EM, PPCA, IWAE)

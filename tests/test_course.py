@@ -9,7 +9,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from lib import course
+from lib import autograde, course
 from tests.course_helpers import (ROOT, assignments, secret_lines, solution_answers, source,
                                   submission, visible_text)
 
@@ -163,7 +163,7 @@ def graded(course_copy):
 
 
 def cell_scores(root, student, assignment):
-    with course._gradebook(root) as gb:
+    with autograde.gradebook(root) as gb:
         submission_ = gb.find_submission(assignment, student)
         return {g.cell.name: (g.score, g.max_score) for nb in submission_.notebooks for g in nb.grades}
 

@@ -1,0 +1,123 @@
+"""Autograde throughput: a synthetic class graded serially and with parallel jobs.
+
+    .venv/bin/python benchmarks/autograde.py [--students 30] [--jobs 2] [--assignments 01-kl,02-vi]
+
+In a temporary copy of the course, every student hands in every released assignment, cycling
+through four kinds of submission: correct (the solutions), blank (the release), wrong (one task
+answered wrongly) and broken (invalid JSON). The class is graded once with ``--jobs 1`` and once
+with ``--jobs N`` (each from a fresh gradebook); the script prints seconds per notebook for each
+assignment and the speed-up, checks that both runs give the same scores, and appends the table
+to benchmarks/AUTOGRADE.md.
+"""
+import argparse
+import datetime
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from course_helpers import solution_answers, submission  # noqa: E402
+
+from lib.autograde import assignments, gradebook  # noqa: E402
+
+KINDS = ("correct", "blank", "wrong", "broken")
+
+
+def hand_in(root: Path, students: int, chosen: list[str]) -> dict[str, str]:
+    kinds = {}
+    for i in range(students):
+        student, kind = f"student{i:02d}", KINDS[i % len(KINDS)]
+        kinds[student] = kind
+        for a in chosen:
+            folder = root / "submitted" / student / a
+            folder.mkdir(parents=True)
+            path = folder / f"{a}.ipynb"
+            if kind == "broken":
+                path.write_text('{"cells": [')
+                continue
+            answers = solution_answers(a) if kind != "blank" else {}
+            if kind == "wrong":
+                first = next(iter(answers))
+                answers[first] = answers[first].replace("return", "return 0 *", 1)
+            nbformat.write(submission(a, answers, root), path)
+    return kinds
+
+
+def reset(root: Path) -> None:
+    """A fresh gradebook: nothing graded yet."""
+    for state in ("autograded", ".autograde", "gradebook.db"):
+        target = root / state
+        shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+    subprocess.run([sys.executable, "-m", "lib.course", "release"], cwd=root, check=True, capture_output=True)
+
+
+def grade(root: Path, jobs: int, only: str | None = None) -> float:
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "lib.course", "autograde", *([only] if only else []),
+                           "--jobs", str(jobs)], cwd=root, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(done.stdout + done.stderr)
+    return seconds
+
+
+def scores(root: Path) -> dict[tuple[str, str], float]:
+    with gradebook(root) as gb:
+        return {(s.student.id, s.assignment.name): s.score for a in gb.assignments for s in a.submissions}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--students", type=int, default=30)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--assignments", default=None, help="comma-separated; default: all released")
+    args = parser.parse_args()
+    chosen = args.assignments.split(",") if args.assignments else assignments(ROOT)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "course"
+        root.mkdir()
+        shutil.copytree(ROOT / "solutions", root / "solutions")
+        shutil.copytree(ROOT / "notebooks", root / "notebooks")
+        shutil.copy(ROOT / "nbgrader_config.py", root)
+        kinds = hand_in(root, args.students, chosen)
+        notebooks = sum(kind != "broken" for kind in kinds.values()) * len(chosen)
+        reset(root)
+        per_assignment = {a: grade(root, 1, a) for a in chosen}  # serial, one assignment at a time
+        serial, serial_scores = sum(per_assignment.values()), scores(root)
+        reset(root)
+        parallel = grade(root, args.jobs)
+        assert scores(root) == serial_scores, "parallel grading must give the same scores"
+    executed = notebooks // len(chosen)
+    lines = [
+        f"## {datetime.date.today()}: {args.students} students x {len(chosen)} assignments ({', '.join(chosen)})",
+        "",
+        f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}. "
+        f"{notebooks} notebooks executed per run ({len(kinds) * len(chosen)} submissions, a quarter of "
+        "them broken JSON, which is not executed).",
+        "",
+        "| run | seconds | seconds per executed notebook |",
+        "|---|---|---|",
+    ] + [f"| serial, {a} | {t:.0f} | {t / executed:.1f} |" for a, t in per_assignment.items()] + [
+        f"| serial (jobs=1), all | {serial:.0f} | {serial / notebooks:.1f} |",
+        f"| parallel (jobs={args.jobs}) | {parallel:.0f} | {parallel / notebooks:.1f} |",
+        "",
+        f"Speed-up: {serial / parallel:.2f}x. Both runs gave identical scores.",
+        "",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    results = ROOT / "benchmarks" / "AUTOGRADE.md"
+    header = "# Autograde throughput\n\nWritten by `benchmarks/autograde.py`.\n\n"
+    results.write_text((results.read_text() if results.exists() else header) + text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,251 @@
+"""Autograding a class that hands in broken and hostile work (lib.autograde, lib.sandbox).
+
+A temporary course with one small assignment ("probe": two tasks, 2 points each) is graded with
+submissions written here: hostile code runs before the first task's function is defined, so
+that task scores 0 and the second one must still be graded. Limits are shortened in the course's
+nbgrader_config.py so the whole class grades in about a minute.
+"""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from lib import autograde
+
+ROOT = Path(__file__).resolve().parent.parent
+A = "probe"
+pytestmark = pytest.mark.slow
+
+
+def _cell(kind, grade_id, source, *, grade=False, solution=False, points=None):
+    cell = (new_code_cell if kind == "code" else new_markdown_cell)(source)
+    meta = {"grade": grade, "grade_id": grade_id, "locked": not solution, "schema_version": 3,
+            "solution": solution, "task": False}
+    if points:
+        meta["points"] = points
+    cell.metadata["nbgrader"] = meta
+    cell.id = grade_id.replace("_", "-")
+    return cell
+
+
+def probe_source():
+    cells = [
+        _cell("markdown", "intro", "# Probe\nTwo tasks."),
+        _cell("code", "setup", "import math"),
+        _cell("code", "add", "def add(a, b):\n    ### BEGIN SOLUTION\n    return a + b\n    ### END SOLUTION",
+              solution=True),
+        _cell("code", "test_add", "assert add(1, 2) == 3\n### BEGIN HIDDEN TESTS\nassert add(20, 22) == 42\n"
+              "### END HIDDEN TESTS", grade=True, points=2),
+        _cell("code", "square", "def square(x):\n    ### BEGIN SOLUTION\n    return x * x\n    ### END SOLUTION",
+              solution=True),
+        _cell("code", "test_square", "assert square(3) == 9\n### BEGIN HIDDEN TESTS\nassert square(-7) == 49\n"
+              "### END HIDDEN TESTS", grade=True, points=2),
+    ]
+    return new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                              "language": "python"}})
+
+
+RIGHT_ADD = "def add(a, b):\n    return a + b"
+RIGHT_SQUARE = "def square(x):\n    return x * x"
+# Run before `add` is defined: `add` is then missing, so test_add scores 0 and test_square 2.
+HOSTILE = {
+    "sleeper": ("import time\ntime.sleep(10**6)", "CellTimeoutError"),
+    "looper": ("while True:\n    pass", "CellTimeoutError"),
+    "stubborn": ("while True:\n    try:\n        while True:\n            pass\n    except BaseException:\n        pass",
+                 "CellTimeoutError"),
+    "hog": ("x = bytearray(40 * 2**30)", "MemoryError"),
+    "forker": ("import os\nwhile True:\n    os.fork()", "DeadKernelError|CellTimeoutError"),  # forks may deadlock
+    "writer": ("with open('big.bin', 'wb') as f:\n    while True:\n        f.write(b'x' * 2**20)", "OSError"),
+    "exiter": ("import os\nos._exit(3)", "DeadKernelError"),
+    "crasher": ("import ctypes\nctypes.string_at(0)", "DeadKernelError"),
+    "asker": ("name = input('your name? ')", "StdinNotImplementedError"),
+}
+
+
+def answers_notebook(root, add=RIGHT_ADD, square=RIGHT_SQUARE):
+    nb = nbformat.read(root / "notebooks" / A / f"{A}.ipynb", as_version=4)
+    for cell in nb.cells:
+        grade_id = cell.metadata["nbgrader"]["grade_id"]
+        cell.source = {"add": add, "square": square}.get(grade_id, cell.source)
+    return nb
+
+
+def run(root, *args, check=True):
+    done = subprocess.run([sys.executable, "-m", "lib.course", *args], cwd=root, capture_output=True, text=True,
+                          timeout=900)
+    if check:
+        assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+@pytest.fixture(scope="module")
+def probe_course(tmp_path_factory):
+    root = tmp_path_factory.mktemp("probe-course")
+    (root / "solutions" / A).mkdir(parents=True)
+    nbformat.write(probe_source(), root / "solutions" / A / f"{A}.ipynb")
+    config = (ROOT / "nbgrader_config.py").read_text()
+    (root / "nbgrader_config.py").write_text(config + "\nc.Execute.timeout = 5\nc.GradingExecute.notebook_timeout = 60\nc.Execute.iopub_timeout = 4\n")
+    run(root, "release")
+    return root
+
+
+def hand_in(root, student, nb=None, raw=None, name=f"{A}.ipynb", extra=None):
+    folder = root / "submitted" / student / A
+    folder.mkdir(parents=True)
+    if raw is not None:
+        (folder / name).write_text(raw)
+    else:
+        nbformat.write(nb, folder / name)
+    if extra:
+        (folder / extra).write_text("a,b\n1,2\n")
+
+
+def edit_test(nb, source=None, points=None, delete=False):
+    for cell in list(nb.cells):
+        if cell.metadata["nbgrader"]["grade_id"] == "test_add":
+            if delete:
+                nb.cells.remove(cell)
+            if source is not None:
+                cell.source = source
+            if points is not None:
+                cell.metadata["nbgrader"]["points"] = points
+    return nb
+
+
+def processes_in(folder: Path) -> list[int]:
+    """Live processes whose working directory is inside ``folder`` (kernels run in autograded/)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if Path(os.readlink(entry / "cwd")).is_relative_to(folder):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.fixture(scope="module")
+def graded_class(probe_course):
+    root = probe_course
+    wrong = "def add(a, b):\n    return a - b"
+    hand_in(root, "honest", answers_notebook(root), extra="notes.csv")
+    hand_in(root, "blank", answers_notebook(root, add="# YOUR CODE HERE\nraise NotImplementedError()",
+                                            square="# YOUR CODE HERE\nraise NotImplementedError()"))
+    for student, (code, _) in HOSTILE.items():
+        hand_in(root, student, answers_notebook(root, add=code + "\n" + RIGHT_ADD))
+    hand_in(root, "flooder", answers_notebook(root, add="for i in range(100_000):\n    print('x' * 100)\n" + RIGHT_ADD))
+    hand_in(root, "untester", edit_test(answers_notebook(root, add=wrong), delete=True))
+    hand_in(root, "retester", edit_test(answers_notebook(root, add=wrong), source="pass", points=100))
+    hand_in(root, "corrupt", raw='{"cells": [')
+    hand_in(root, "ancient", raw='{"nbformat": 3, "nbformat_minor": 0, "worksheets": [], "metadata": {}}')
+    hand_in(root, "renamer", answers_notebook(root), name="my-probe.ipynb")
+    (root / "submitted" / "empty" / A).mkdir(parents=True)
+    before = {p: p.read_bytes() for p in (root / "submitted").rglob("*") if p.is_file()}
+    done = run(root, "autograde", "--jobs", "2")
+    after = {p: p.read_bytes() for p in (root / "submitted").rglob("*") if p.is_file()}
+    assert before == after, "autograde must never modify submissions"
+    rows = {line.split()[0]: line for line in done.stdout.splitlines()[1:]}
+    return root, rows
+
+
+def scores(root, student):
+    with autograde.gradebook(root) as gb:
+        submission = gb.find_submission(A, student)
+        return {g.cell.name: g.score for nb in submission.notebooks for g in nb.grades}
+
+
+def test_honest_and_blank_work_is_graded_as_usual(graded_class):
+    root, rows = graded_class
+    assert scores(root, "honest") == {"test_add": 2, "test_square": 2}
+    assert "4/4" in rows["honest"] and "extra files ignored: notes.csv" in rows["honest"]
+    assert scores(root, "blank") == {"test_add": 0, "test_square": 0}
+
+
+@pytest.mark.parametrize("student", sorted(HOSTILE))
+def test_hostile_code_costs_only_its_own_cell(graded_class, student):
+    root, rows = graded_class
+    assert scores(root, student) == {"test_add": 0, "test_square": 2}, rows[student]
+    assert any(f"add: {error}" in rows[student] for error in HOSTILE[student][1].split("|")), rows[student]
+
+
+def test_nothing_a_submission_started_is_left_running(graded_class):
+    root, _ = graded_class
+    time.sleep(1)
+    assert processes_in(root) == []
+
+
+def test_big_outputs_and_files_are_cut(graded_class):
+    root, rows = graded_class
+    assert scores(root, "flooder") == {"test_add": 2, "test_square": 2}
+    flooded = root / "autograded" / "flooder" / A / f"{A}.ipynb"
+    assert flooded.stat().st_size < 100_000, "10 MB of prints are cut to a readable size"
+    assert "characters cut" in flooded.read_text() or "lines truncated" in flooded.read_text()
+    written = root / "autograded" / "writer" / A / "big.bin"
+    assert not written.exists() or written.stat().st_size <= 64 * 2**20
+
+
+def test_deleted_or_edited_tests_are_restored(graded_class):
+    root, rows = graded_class
+    for student in ("untester", "retester"):
+        assert scores(root, student) == {"test_add": 0, "test_square": 2}, rows[student]
+        assert "2/4" in rows[student], "points come from the gradebook, not from the submission"
+
+
+def test_unreadable_missing_and_renamed_notebooks_score_zero_with_a_reason(graded_class):
+    root, rows = graded_class
+    assert "0/4" in rows["corrupt"] and f"{A}.ipynb is not a valid notebook" in rows["corrupt"]
+    assert "0/4" in rows["ancient"] and "nbformat 3, expected 4" in rows["ancient"]
+    assert "0/4" in rows["renamer"] and f"missing {A}.ipynb (found: my-probe.ipynb)" in rows["renamer"]
+    assert "0/4" in rows["empty"] and "no notebooks" in rows["empty"]
+
+
+def test_a_second_run_grades_only_what_changed(graded_class):
+    root, rows = graded_class
+    shutil.rmtree(root / "submitted" / "blank")
+    hand_in(root, "blank", answers_notebook(root))  # the student hands in again, now complete
+    done = run(root, "autograde")
+    again = {line.split()[0]: line for line in done.stdout.splitlines()[1:]}
+    assert "unchanged, graded before" in again["honest"] and "4/4" in again["honest"]
+    assert "unchanged" not in again["blank"] and "4/4" in again["blank"]
+
+
+def test_a_concurrent_run_is_refused(graded_class):
+    root, _ = graded_class
+    lock = autograde._lock(root)
+    try:
+        done = run(root, "autograde", check=False)
+    finally:
+        lock.close()
+    assert done.returncode != 0 and "another autograde is running" in done.stderr
+
+
+def test_an_interrupted_run_keeps_the_gradebook_consistent_and_resumes(probe_course, tmp_path):
+    root = tmp_path / "course"
+    shutil.copytree(probe_course, root, ignore=shutil.ignore_patterns("submitted", "autograded", ".autograde"))
+    for i in range(4):
+        hand_in(root, f"s{i}", answers_notebook(root))
+    process = subprocess.Popen([sys.executable, "-m", "lib.course", "autograde"], cwd=root, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    records = root / ".autograde" / "graded"
+    deadline = time.monotonic() + 300
+    while not list(records.rglob("*.sha256")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode != 0 and "interrupted" in err
+    graded_before = {p.parent.name for p in records.rglob("*.sha256")}
+    assert 1 <= len(graded_before) < 4
+    done = run(root, "autograde")
+    rows = {line.split()[0]: line for line in done.stdout.splitlines()[1:]}
+    for i in range(4):
+        assert "4/4" in rows[f"s{i}"], rows
+        assert ("unchanged" in rows[f"s{i}"]) == (f"s{i}" in graded_before)
+    assert processes_in(root) == []
