@@ -125,8 +125,9 @@ def results_table(rows: list[dict], *, digits: int = 4):
     def cell(value):
         if isinstance(value, torch.Tensor):
             value = value.item()
-        return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
+        text = f"{value:.{digits}g}" if isinstance(value, float) else str(value)
+        return text.replace("|", "\\|")  # a bare | would split the cell ("|mean|", "p(x|z)")
 
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines = ["| " + " | ".join(cell(c) for c in columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(row[c]) for c in columns) + " |" for row in rows]
     return Markdown("\n".join(lines))

@@ -61,3 +61,14 @@ def submission(assignment: str, answers: dict[str, str], root: Path = ROOT):
         if grade_id in answers:
             cell.source = answers[grade_id]
     return nb
+
+
+def toc_files() -> list[str]:
+    """The book's pages in _toc.yml order (paths without suffix), the root first."""
+    import yaml
+
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [toc["root"]]
+    for part in toc.get("parts", []):
+        files += [chapter["file"] for chapter in part["chapters"]]
+    return files

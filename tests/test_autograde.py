@@ -141,7 +141,7 @@ def graded_class(probe_course):
                                             square="# YOUR CODE HERE\nraise NotImplementedError()"))
     for student, (code, _) in HOSTILE.items():
         hand_in(root, student, answers_notebook(root, add=code + "\n" + RIGHT_ADD))
-    hand_in(root, "flooder", answers_notebook(root, add="for i in range(100_000):\n    print('x' * 100)\n" + RIGHT_ADD))
+    hand_in(root, "flooder", answers_notebook(root, add="print(('x' * 99 + '\\n') * 100_000)\n" + RIGHT_ADD))
     hand_in(root, "untester", edit_test(answers_notebook(root, add=wrong), delete=True))
     hand_in(root, "retester", edit_test(answers_notebook(root, add=wrong), source="pass", points=100))
     hand_in(root, "corrupt", raw='{"cells": [')
@@ -186,7 +186,7 @@ def test_big_outputs_and_files_are_cut(graded_class):
     root, rows = graded_class
     assert scores(root, "flooder") == {"test_add": 2, "test_square": 2}
     flooded = root / "autograded" / "flooder" / A / f"{A}.ipynb"
-    assert flooded.stat().st_size < 100_000, "10 MB of prints are cut to a readable size"
+    assert flooded.stat().st_size < 100_000, "10 MB of output are cut to a readable size"
     assert "characters cut" in flooded.read_text() or "lines truncated" in flooded.read_text()
     written = root / "autograded" / "writer" / A / "big.bin"
     assert not written.exists() or written.stat().st_size <= 64 * 2**20

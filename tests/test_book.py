@@ -3,19 +3,12 @@ executed, and no solution code or hidden test anywhere in the HTML."""
 import re
 
 import pytest
-import yaml
 
-from tests.course_helpers import ROOT, assignments, secret_lines, visible_text
+from tests.course_helpers import ROOT, assignments, secret_lines, toc_files, visible_text
 
 HTML = ROOT / "_build" / "html"
 
 
-def toc_files() -> list[str]:
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    files = [toc["root"]]
-    for part in toc.get("parts", []):
-        files += [chapter["file"] for chapter in part["chapters"]]
-    return files
 
 
 @pytest.fixture(scope="module")

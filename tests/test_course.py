@@ -156,7 +156,7 @@ def graded(course_copy):
         hand_in("corrupt", a, raw='{"cells": [')
         hand_in("renamed", a, submission(a, solution_answers(a), course_copy), name="my-work.ipynb")
     before = {p: p.read_bytes() for p in (course_copy / "submitted").rglob("*") if p.is_file()}
-    done = run_course(course_copy, "autograde")
+    done = run_course(course_copy, "autograde", "--jobs", "2")
     after = {p: p.read_bytes() for p in (course_copy / "submitted").rglob("*") if p.is_file()}
     assert before == after, "autograde must never modify submissions"
     return course_copy, done.stdout
