@@ -14,4 +14,8 @@ One module per idea, each readable top to bottom like the chapter it serves:
     kl        chapter 01: KL divergence
     vi        chapter 02: variational inference (CAVI, mean-field Ising)
     elbo      chapter 03: the evidence lower bound (EM, PPCA, IWAE)
+    vae       chapter 04: variational autoencoders (VAE, CVAE, importance-sampled likelihood)
+    reparam   chapter 05: pathwise and score-function gradients, samplers, Gumbel-softmax
+    gan       chapter 08: adversarial training, the optimal discriminator, mode coverage
+    pixelcnn  chapter 09: masked and gated PixelCNNs, causal sampling
 """

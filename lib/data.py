@@ -90,3 +90,10 @@ def toy2d(name: str, n: int, *, seed: int = 0, device=None) -> torch.Tensor:
     else:
         raise ValueError(f"name must be one of 'ring', 'grid', 'moons', 'correlated', got {name!r}")
     return x.to(device)
+
+
+def bits_per_dim(nats_per_image, dims: int = 64):
+    """Convert a negative log-likelihood in nats per image to bits per dimension,
+    nats / (dims * ln 2); ``dims`` defaults to the 64 pixels of a digit."""
+    positive_int("dims", dims)
+    return nats_per_image / (dims * math.log(2))

@@ -6,11 +6,14 @@ fresh minibatch": minibatches are drawn by indexing tensors that already sit on 
 there is no DataLoader, no per-batch copy and no host synchronisation inside a step. The
 history (one value per step for every named term) stays on the device until the end.
 """
+import math
 import sys
 from collections import defaultdict
 
 import torch
 from tqdm.auto import tqdm
+
+from lib.checks import positive_int
 
 
 def show_progress(progress) -> bool:
@@ -92,3 +95,36 @@ def fit(model: torch.nn.Module, *data: torch.Tensor, steps: int, batch_size: int
                        progress=progress, desc=desc)
     model.eval()
     return history
+
+
+def fit_early_stopping(model: torch.nn.Module, train: tuple, val: tuple, score, *, steps: int, every: int = 100,
+                       patience: int | None = None, lr: float = 1e-3, batch_size: int = 100,
+                       seed: int = 0) -> dict[str, torch.Tensor]:
+    """`lib.train.fit` in rounds of ``every`` steps with one Adam optimiser; after each round
+    ``score(model, *val)`` (a 0-dim tensor, lower is better) is computed without gradients and the
+    best weights so far are kept. Stops after ``steps``, or after ``patience`` rounds without a new
+    best. The model ends with the best weights. Returns the history, one entry per round:
+    "step" (steps taken), "train" (mean training loss of the round), "val" (the score).
+    """
+    positive_int("steps", steps)
+    positive_int("every", every)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    best, best_state, since_best = math.inf, None, 0
+    history = {"step": [], "train": [], "val": []}
+    for round_ in range(steps // every):
+        losses = fit(model, *train, steps=every, batch_size=batch_size, optimizer=optimizer, seed=seed + round_)
+        with torch.no_grad():
+            value = float(score(model, *val))
+        history["step"].append((round_ + 1) * every)
+        history["train"].append(losses["loss"].mean().item())
+        history["val"].append(value)
+        if value < best:
+            best, since_best = value, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            since_best += 1
+            if patience is not None and since_best >= patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return {k: torch.tensor(v, dtype=torch.float32) for k, v in history.items()}

@@ -34,7 +34,8 @@ def secret_lines(assignment: str, *, solutions: bool = True) -> set[str]:
             lines |= {line.strip() for line in block.splitlines() if len(line.strip()) >= 25}
         visible = HIDDEN.sub("", SOLUTION.sub("", cell.source))
         public |= {line.strip() for line in visible.splitlines()}
-    return lines - public  # a line that also stands in the visible part gives nothing away
+    # a line that also stands in the visible part (or inside a visible line) gives nothing away
+    return {line for line in lines if not any(line in seen for seen in public)}
 
 
 def visible_text(page: str) -> str:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
 
 from lib import autograde, course
 from tests.course_helpers import (ROOT, assignments, secret_lines, solution_answers, source,
@@ -16,44 +15,126 @@ from tests.course_helpers import (ROOT, assignments, secret_lines, solution_answ
 pytestmark = pytest.mark.slow
 ASSIGNMENTS = assignments()
 
-# Plausible wrong answers, one submission per assignment: grade_id of a solution cell -> the
-# student's code, and the test cells that must lose points because of it.
+# Plausible wrong answers: for each assignment, one or more submissions (students "wrong",
+# "wrong-2", ...), each mapping grade_ids of solution cells to the student's code, and the test
+# cells that must lose points because of it.
 WRONG = {
-    "01-kl": {
-        "answers": {
-            "kl_categorical": "def kl_categorical(p, q):\n    return (torch.xlogy(q, q) - torch.xlogy(q, p)).sum(-1)",
+    "01-kl": [
+        {"answers": {
+            "kl_categorical": "def kl_categorical(p, q):\n"
+                              "    return (torch.xlogy(q, q) - torch.xlogy(q, p)).sum(-1)",
             "kl_diag_gaussian": "def kl_diag_gaussian(mu_p, var_p, mu_q, var_q):\n"
                                 "    return (var_p / var_q + (mu_q - mu_p) ** 2 / var_q - 1 + var_q.log() - var_p.log()).sum(-1)",
-            "kl_monte_carlo": "def kl_monte_carlo(p, q, n):\n    x = q.sample((n,))\n    return (p.log_prob(x) - q.log_prob(x)).mean(0)",
+            "kl_monte_carlo": "def kl_monte_carlo(p, q, n):\n"
+                              "    x = q.sample((n,))\n"
+                              "    return (p.log_prob(x) - q.log_prob(x)).mean(0)",
             "factorised_fit_variances": "def factorised_fit_variances(Sigma, direction):\n"
                                         "    d = Sigma.diagonal() if direction == 'reverse' else 1 / torch.linalg.inv(Sigma).diagonal()\n"
                                         "    return d.clone()",
-        },
-        "lose": ["test_kl_categorical", "test_kl_diag_gaussian", "test_kl_monte_carlo", "test_factorised_fit_variances"],
-    },
-    "02-vi": {
-        "answers": {
-            "update_q_tau": "def update_q_tau(x, m, lam, mu0, lam0, a0, b0):\n    n = len(x)\n"
+         },
+         "lose": ["test_kl_categorical", "test_kl_diag_gaussian", "test_kl_monte_carlo", "test_factorised_fit_variances"]},
+    ],
+    "02-vi": [
+        {"answers": {
+            "update_q_tau": "def update_q_tau(x, m, lam, mu0, lam0, a0, b0):\n"
+                            "    n = len(x)\n"
                             "    expected_squares = ((x - m) ** 2).sum() + n / lam + lam0 * ((m - mu0) ** 2 + 1 / lam)\n"
                             "    return torch.stack([a0 + n / 2, b0 + 0.5 * expected_squares])",
             "ising_elbo": "def ising_elbo(m, J, h):\n"
                           "    return J * ((m[1:, :] * m[:-1, :]).sum() + (m[:, 1:] * m[:, :-1]).sum()) + h * m.sum()",
-            "largest_decrease": "def largest_decrease(elbos):\n    return (elbos[1:] - elbos[:-1]).clamp(min=0).max()",
-        },
-        "lose": ["test_update_q_tau", "test_ising_elbo", "test_largest_decrease"],
-    },
-    "03-elbo": {
-        "answers": {
+            "largest_decrease": "def largest_decrease(elbos):\n"
+                                "    return (elbos[1:] - elbos[:-1]).clamp(min=0).max()",
+         },
+         "lose": ["test_update_q_tau", "test_ising_elbo", "test_largest_decrease"]},
+    ],
+    "03-elbo": [
+        {"answers": {
             "responsibilities": "def responsibilities(x, weights, means, covs):\n"
                                 "    return (weights.log() + MultivariateNormal(means, covariance_matrix=covs).log_prob(x[:, None, :])).exp()",
             "gmm_elbo": "def gmm_elbo(x, weights, means, covs, resp):\n"
                         "    return (resp * (weights.log() + MultivariateNormal(means, covariance_matrix=covs).log_prob(x[:, None, :]))).sum()",
-            "m_step": "def m_step(x, resp):\n    N = resp.sum(0)\n    means = resp.T @ x / N[:, None]\n"
+            "m_step": "def m_step(x, resp):\n"
+                      "    N = resp.sum(0)\n"
+                      "    means = resp.T @ x / N[:, None]\n"
                       "    diff = x[None, :, :] - means[:, None, :]\n"
                       "    return N / len(x), means, torch.einsum('nk,kni,knj->kij', resp, diff, diff) / (N - 1)[:, None, None]",
-        },
-        "lose": ["test_responsibilities", "test_gmm_elbo", "test_m_step"],
-    },
+         },
+         "lose": ["test_responsibilities", "test_gmm_elbo", "test_m_step"]},
+    ],
+    "04-vae": [
+        {"answers": {
+            "gaussian_kl": "def gaussian_kl(mu, logvar):\n"
+                           "    return -0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)",
+            "reparameterize": "def reparameterize(mu, logvar):\n"
+                              "    return torch.normal(mu, (0.5 * logvar).exp())",
+            "neg_elbo_bernoulli": "def neg_elbo_bernoulli(x, x_logits, mu, logvar):\n"
+                                  "    rec = nn.functional.binary_cross_entropy_with_logits(x_logits, x, reduction='none').mean(-1)\n"
+                                  "    return rec + gaussian_kl(mu, logvar)",
+         },
+         "lose": ["test_gaussian_kl", "test_reparameterize", "test_neg_elbo_bernoulli", "test_train_vae"]},
+        {"answers": {
+            "reparameterize": "def reparameterize(mu, logvar):\n"
+                              "    return mu + logvar * torch.randn_like(mu)",
+         },
+         "lose": ["test_reparameterize"]},
+    ],
+    "05-reparameterization": [
+        {"answers": {
+            "sample_weibull": "def sample_weibull(scale, concentration, n):\n"
+                              "    return torch.distributions.Weibull(scale, concentration).sample((n,))",
+            "sample_laplace": "def sample_laplace(loc, scale, n):\n"
+                              "    return loc + scale * torch.randn(n, *loc.shape)",
+            "pathwise_estimates": "def pathwise_estimates(f, mu, sigma, eps):\n"
+                                  "    z = (mu + sigma * eps).detach().requires_grad_()\n"
+                                  "    (grad_z,) = torch.autograd.grad(f(z).sum(), z)\n"
+                                  "    return grad_z, grad_z",
+            "score_function_estimates": "def score_function_estimates(f, mu, sigma, z, baseline=0.0):\n"
+                                        "    weight = (f(z) - baseline)[:, None]\n"
+                                        "    return weight * (mu - z) / sigma ** 2, weight * (sigma ** 2 - (z - mu) ** 2) / sigma ** 3",
+            "gumbel_softmax_sample": "def gumbel_softmax_sample(logits, tau, n):\n"
+                                     "    u = torch.rand(n, logits.shape[-1]).clamp(1e-12, 1 - 1e-12)\n"
+                                     "    return torch.softmax((logits + torch.log(-torch.log(u))) / tau, dim=-1)",
+         },
+         "lose": ["test_sample_weibull", "test_sample_laplace", "test_pathwise_estimates", "test_score_function_estimates", "test_gumbel_softmax_sample"]},
+    ],
+    "08-gan": [
+        {"answers": {
+            "discriminator_loss": "def discriminator_loss(real_logits, fake_logits):\n"
+                                  "    return -(torch.sigmoid(real_logits).log().mean() + (1 - torch.sigmoid(fake_logits)).log().mean())",
+            "non_saturating_loss": "def non_saturating_loss(fake_logits):\n"
+                                   "    return -F.softplus(fake_logits).mean()",
+            "optimal_discriminator": "def optimal_discriminator(x, p_data, p_g):\n"
+                                     "    p, q = p_data.log_prob(x).exp(), p_g.log_prob(x).exp()\n"
+                                     "    return p / (p + q)",
+         },
+         "lose": ["test_discriminator_loss", "test_non_saturating_loss", "test_optimal_discriminator"]},
+    ],
+    "09-pixelcnn": [
+        {"answers": {
+            "causal_mask": "def causal_mask(kernel_size, mask_type):\n"
+                           "    c = kernel_size // 2\n"
+                           "    mask = torch.zeros(kernel_size, kernel_size)\n"
+                           "    mask[:c, :] = 1\n"
+                           "    mask[c, :c + 1] = 1\n"
+                           "    return mask",
+            "nll_nats": "def nll_nats(logits, x):\n"
+                        "    return -torch.log_softmax(logits, dim=1).gather(1, x).flatten(1).mean(1)",
+            "dependency_matrix": "def dependency_matrix(f, x):\n"
+                                 "    _, _, H, W = x.shape\n"
+                                 "    x = x.detach().clone().requires_grad_(True)\n"
+                                 "    out = f(x).sum(1).flatten()\n"
+                                 "    rows = [(torch.autograd.grad(out[i], x, retain_graph=True)[0][0] != 0).any(0).flatten() for i in range(H * W)]\n"
+                                 "    return torch.stack(rows).T",
+            "generate": "def generate(model, n, height, width, greedy=False):\n"
+                        "    x = torch.zeros(n, 1, height, width, dtype=torch.long)\n"
+                        "    with torch.no_grad():\n"
+                        "        logits = model(x)\n"
+                        "    if greedy:\n"
+                        "        return logits.argmax(1, keepdim=True)\n"
+                        "    return Categorical(logits=logits.permute(0, 2, 3, 1)).sample()[:, None]",
+         },
+         "lose": ["test_causal_mask", "test_nll_nats", "test_dependency_matrix", "test_generate"]},
+    ],
 }
 # Calling the reference instead of implementing it: every task must score 0.
 CHEAT = {
@@ -63,6 +144,53 @@ CHEAT = {
         "kl_diag_gaussian": "import lib.kl\ndef kl_diag_gaussian(mu_p, var_p, mu_q, var_q):\n"
                             "    return lib.kl.kl_gaussian(mu_p, var_p, mu_q, var_q)",
         "kl_monte_carlo": "def kl_monte_carlo(p, q, n):\n    return torch.distributions.kl_divergence(p, q)",
+    },
+    "04-vae": {
+        "gaussian_kl": "from torch.distributions import Independent, Normal, kl_divergence\n"
+                       "def gaussian_kl(mu, logvar):\n"
+                       "    q = Independent(Normal(mu, (0.5 * logvar).exp()), 1)\n"
+                       "    return kl_divergence(q, Independent(Normal(torch.zeros_like(mu), torch.ones_like(mu)), 1))",
+        "reparameterize": "import lib.vae\n"
+                          "def reparameterize(mu, logvar):\n"
+                          "    return lib.vae.reparameterize(mu, logvar)",
+        "neg_elbo_bernoulli": "import lib.vae\n"
+                              "def neg_elbo_bernoulli(x, x_logits, mu, logvar):\n"
+                              "    rec = nn.functional.binary_cross_entropy_with_logits(x_logits, x, reduction='none').sum(-1)\n"
+                              "    return rec + lib.vae.gaussian_kl_to_standard(mu, logvar).sum(-1)",
+    },
+    "05-reparameterization": {
+        "sample_weibull": "def sample_weibull(scale, concentration, n):\n"
+                          "    return torch.distributions.Weibull(scale, concentration).rsample((n,))",
+        "sample_laplace": "def sample_laplace(loc, scale, n):\n"
+                          "    return torch.distributions.Laplace(loc, scale).rsample((n,))",
+        "pathwise_estimates": "import lib.reparam\n"
+                              "def pathwise_estimates(f, mu, sigma, eps):\n"
+                              "    return lib.reparam.pathwise_grad(f, lambda m, s: m + s * eps, (mu, sigma), len(eps))",
+        "gumbel_softmax_sample": "def gumbel_softmax_sample(logits, tau, n):\n"
+                                 "    return torch.nn.functional.gumbel_softmax(logits.expand(n, -1), tau=tau)",
+    },
+    "08-gan": {
+        "discriminator_loss": "def discriminator_loss(real_logits, fake_logits):\n"
+                              "    return (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))\n"
+                              "            + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))",
+        "non_saturating_loss": "def non_saturating_loss(fake_logits):\n"
+                               "    return -F.logsigmoid(fake_logits).mean()",
+        "optimal_discriminator": "import lib.gan\n"
+                                 "def optimal_discriminator(x, p_data, p_g):\n"
+                                 "    return lib.gan.optimal_discriminator(x, p_data, p_g)",
+    },
+    "09-pixelcnn": {
+        "causal_mask": "import lib.pixelcnn\n"
+                       "def causal_mask(kernel_size, mask_type):\n"
+                       "    return lib.pixelcnn.causal_mask(kernel_size, mask_type)",
+        "nll_nats": "def nll_nats(logits, x):\n"
+                    "    return torch.nn.functional.cross_entropy(logits, x[:, 0], reduction='none').sum((1, 2))",
+        "dependency_matrix": "from lib.pixelcnn import dependency_matrix as _reference\n"
+                             "def dependency_matrix(f, x):\n"
+                             "    return _reference(f, x)",
+        "generate": "from lib.pixelcnn import sample\n"
+                    "def generate(model, n, height, width, greedy=False):\n"
+                    "    return sample(model, n, (height, width), argmax=greedy).cpu()",
     },
 }
 
@@ -91,14 +219,6 @@ def test_exercise_metadata_is_valid(assignment):
         meta = cell.metadata["nbgrader"]
         if meta["solution"]:
             assert cell.cell_type == "code" and "### BEGIN SOLUTION" in cell.source and "### END SOLUTION" in cell.source
-
-
-@pytest.mark.parametrize("assignment", ASSIGNMENTS)
-def test_solution_notebook_executes(assignment, tmp_path):
-    nb = source(assignment)
-    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
-    passed = [o for c in grade_cells(nb) for o in c.outputs if o.get("name") == "stdout" and "\N{CHECK MARK}" in o.text]
-    assert len(passed) >= len(grade_cells(nb)), "every visible self-check prints its success line"
 
 
 # ---------------------------------------------------------------------------- a course in a temporary folder
@@ -150,7 +270,8 @@ def graded(course_copy):
     for a in ASSIGNMENTS:
         hand_in("right", a, submission(a, solution_answers(a), course_copy))
         hand_in("blank", a, submission(a, {}, course_copy))
-        hand_in("wrong", a, submission(a, WRONG[a]["answers"], course_copy))
+        for student, wrong in wrong_submissions(a):
+            hand_in(student, a, submission(a, wrong["answers"], course_copy))
         if a in CHEAT:
             hand_in("cheat", a, submission(a, CHEAT[a], course_copy))
         hand_in("corrupt", a, raw='{"cells": [')
@@ -176,18 +297,32 @@ def test_solutions_score_full_marks(graded, assignment):
 
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_solutions_pass_every_visible_self_check(graded, assignment):
+    root, _ = graded
+    nb = nbformat.read(root / "autograded" / "right" / assignment / f"{assignment}.ipynb", as_version=4)
+    passed = [o for c in grade_cells(nb) for o in c.outputs if o.get("name") == "stdout" and "\N{CHECK MARK}" in o.text]
+    assert len(passed) >= len(grade_cells(nb)), "every visible self-check prints its success line"
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
 def test_untouched_release_scores_zero_on_every_graded_cell(graded, assignment):
     root, _ = graded
     scores = cell_scores(root, "blank", assignment)
     assert scores and all(score == 0 for score, _ in scores.values()), scores
 
 
+def wrong_submissions(assignment):
+    """(student, submission) for each wrong submission of an assignment: "wrong", "wrong-2", ..."""
+    return [("wrong" if i == 0 else f"wrong-{i + 1}", wrong) for i, wrong in enumerate(WRONG[assignment])]
+
+
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
 def test_wrong_answers_lose_points(graded, assignment):
     root, _ = graded
-    scores = cell_scores(root, "wrong", assignment)
-    for cell in WRONG[assignment]["lose"]:
-        assert scores[cell][0] < scores[cell][1], f"{cell} gave points to a wrong answer"
+    for student, wrong in wrong_submissions(assignment):
+        scores = cell_scores(root, student, assignment)
+        for cell in wrong["lose"]:
+            assert scores[cell][0] < scores[cell][1], f"{student}: {cell} gave points to a wrong answer"
 
 
 @pytest.mark.parametrize("assignment", sorted(CHEAT))

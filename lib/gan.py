@@ -1,0 +1,431 @@
+"""Chapter 08: generative adversarial networks.
+
+A GAN's generator is an implicit model: x = G(z) with z ~ p(z). It can be sampled but has no
+density to evaluate. A discriminator D(x) = sigmoid(logit(x)) is trained to tell data from
+samples; the generator is trained to fool it (eq-gan-minimax in book/08-gan.md):
+
+    min_G max_D  V(D, G) = E_{p_data}[log D(x)] + E_{p(z)}[log(1 - D(G(z)))].
+
+Everything is computed from the discriminator's logits, never from probabilities: with
+log sigmoid(l) = -softplus(-l) and log(1 - sigmoid(l)) = -softplus(l), the losses stay finite
+for logits of any size (`discriminator_loss`, `generator_loss`, `gan_losses`).
+
+For a fixed G the best discriminator is D*(x) = p_data(x) / (p_data(x) + p_g(x))
+(`optimal_discriminator`), and V(D*, G) = -log 4 + 2 JSD(p_data || p_g) (`js_divergence`).
+
+`GAN` holds a generator and a discriminator (MLPs), optionally with PacGAN packing: the
+discriminator judges ``pack`` samples at once, all real or all generated, which makes a
+generator that drops modes much easier to catch (eq-gan-pack). `train_gan` alternates
+discriminator and generator steps; `mode_coverage` counts the modes of the ring / grid toy sets a set of
+samples covers, and the fraction of high-quality samples (within 3 standard deviations of the
+nearest mode), as in the PacGAN and VEEGAN evaluations.
+"""
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from lib.checks import float_tensor, one_of, positive_int
+from lib.data import TOY2D_STD, digits, toy2d, toy2d_modes
+from lib.train import show_progress
+from lib.vae import mlp
+
+GENERATOR_LOSSES = ("non-saturating", "saturating")
+
+# ----------------------------------------------------------------------------------------
+# Losses from logits
+
+
+def _logits(name: str, value) -> torch.Tensor:
+    float_tensor(name, value)
+    if value.dim() != 1 or len(value) == 0:
+        raise ValueError(f"{name} must have shape (n,) with n >= 1 (one logit per example), got {tuple(value.shape)}")
+    return value
+
+
+def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """Minus the value V(D, G), estimated on a minibatch (eq-gan-d-loss in book/08-gan.md):
+
+        -E_data[log D(x)] - E_z[log(1 - D(G(z)))] = mean softplus(-real_logits) + mean softplus(fake_logits),
+
+    the binary cross-entropy of "real" = 1, "fake" = 0. Finite for logits of any size.
+    """
+    _logits("real_logits", real_logits)
+    _logits("fake_logits", fake_logits)
+    return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+
+
+def generator_loss(fake_logits: torch.Tensor, kind: str = "non-saturating") -> torch.Tensor:
+    """The generator's loss on a minibatch of generated samples (eq-gan-g-losses in book/08-gan.md):
+
+        saturating       E_z[log(1 - D(G(z)))]  = -mean softplus(fake_logits)   (the minimax game)
+        non-saturating  -E_z[log D(G(z))]        =  mean softplus(-fake_logits)  (Goodfellow et al.'s fix)
+
+    Both are minimised by making D(G(z)) large; only the non-saturating one has a large
+    gradient where D confidently rejects the samples, i.e. at the start of training.
+    """
+    _logits("fake_logits", fake_logits)
+    one_of("kind", kind, GENERATOR_LOSSES)
+    if kind == "saturating":
+        return -F.softplus(fake_logits).mean()
+    return F.softplus(-fake_logits).mean()
+
+
+def gan_losses(real_logits: torch.Tensor, fake_logits: torch.Tensor, *, kind: str = "non-saturating") -> dict:
+    """``{"d_loss": discriminator_loss, "g_loss": generator_loss(kind)}`` from the same logits."""
+    return {"d_loss": discriminator_loss(real_logits, fake_logits), "g_loss": generator_loss(fake_logits, kind)}
+
+
+# ----------------------------------------------------------------------------------------
+# The optimal discriminator and the Jensen-Shannon divergence
+
+
+def _log_density(name: str, p, x: torch.Tensor) -> torch.Tensor:
+    if hasattr(p, "log_prob"):
+        return p.log_prob(x)
+    if callable(p):
+        return p(x)
+    raise TypeError(f"{name} must be a torch.distributions.Distribution or a function x -> log density, "
+                    f"got {type(p).__name__}")
+
+
+def optimal_discriminator(x: torch.Tensor, p_data, p_g) -> torch.Tensor:
+    """D*(x) = p_data(x) / (p_data(x) + p_g(x)) = sigmoid(log p_data(x) - log p_g(x)), eq-gan-optimal-d
+    in book/08-gan.md.
+
+    p_data, p_g: distributions with ``log_prob`` (or functions returning log densities).
+    Computed from the log-density ratio, so it stays defined where both densities underflow.
+    """
+    float_tensor("x", x)
+    return torch.sigmoid(_log_density("p_data", p_data, x) - _log_density("p_g", p_g, x))
+
+
+def js_divergence(log_p: torch.Tensor, log_q: torch.Tensor, dx: float) -> torch.Tensor:
+    """JSD(p || q) = 1/2 KL(p || m) + 1/2 KL(q || m), m = (p + q) / 2, by the trapezoid rule on
+    a regular grid with spacing ``dx``, from the log densities on that grid (eq-gan-value-at-optimum)."""
+    float_tensor("log_p", log_p, dim=1, shape="(n,) on a regular grid")
+    float_tensor("log_q", log_q, dim=1, shape="(n,) on a regular grid")
+    if log_p.shape != log_q.shape:
+        raise ValueError(f"log_p and log_q must be on the same grid, got shapes {tuple(log_p.shape)} and {tuple(log_q.shape)}")
+    log_m = torch.logaddexp(log_p, log_q) - math.log(2)
+
+    def p_log_ratio(log_a):                  # a (log a - log m), with 0 log 0 = 0 where a = 0
+        return torch.where(log_a > -math.inf, log_a.exp() * (log_a - log_m), 0.0)
+
+    return torch.trapezoid(0.5 * p_log_ratio(log_p) + 0.5 * p_log_ratio(log_q), dx=dx)
+
+
+# ----------------------------------------------------------------------------------------
+# Networks
+
+
+def leaky_relu() -> torch.nn.Module:
+    """The GAN literature's LeakyReLU, with slope 0.2 for negative inputs."""
+    return torch.nn.LeakyReLU(0.2)
+
+
+class GAN(torch.nn.Module):
+    """A generator G: z -> x and a discriminator x -> logit, both MLPs with LeakyReLU.
+
+    The generator is a VAE decoder made deterministic (eq-gan-generator in book/08-gan.md):
+    x = G(z), z ~ N(0, I), with no noise model p(x | z) around it, hence no likelihood to
+    evaluate. It has ``depth`` hidden layers of
+    ``hidden`` units; the discriminator has ``d_depth`` layers of ``d_hidden`` units (by default
+    the same). ``pack = m > 1`` makes the discriminator a PacGAN_m (Lin et al. 2018): it reads m
+    samples concatenated, ``(n, d) -> (n / m, m d)``, all real or all generated, and returns one
+    logit per pack (eq-gan-pack). ``out="tanh"`` squashes samples into (-1, 1) (images); the
+    default output is linear (toy data). ``scale`` is a fixed change of units: the generator's
+    output is multiplied by it and the discriminator's input divided by it, so that both
+    networks work with data of size about 1 (the grid spans [-4, 4]).
+    """
+
+    def __init__(self, data_dim: int, *, latent_dim: int = 2, hidden: int = 128, depth: int = 2,
+                 d_hidden: int | None = None, d_depth: int | None = None, pack: int = 1, out: str = "linear",
+                 scale: float = 1.0, seed: int = 0):
+        super().__init__()
+        for name, value in (("data_dim", data_dim), ("latent_dim", latent_dim), ("hidden", hidden),
+                            ("depth", depth), ("pack", pack)):
+            positive_int(name, value)
+        d_hidden = hidden if d_hidden is None else positive_int("d_hidden", d_hidden)
+        d_depth = depth if d_depth is None else positive_int("d_depth", d_depth)
+        one_of("out", out, ("linear", "tanh"))
+        if not (isinstance(scale, (int, float)) and scale > 0):
+            raise ValueError(f"scale must be a positive number, got {scale!r}")
+        self.data_dim, self.latent_dim, self.pack, self.out, self.scale = data_dim, latent_dim, pack, out, float(scale)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.generator = mlp([latent_dim] + [hidden] * depth + [data_dim], activation=leaky_relu)
+            self.discriminator = mlp([data_dim * pack] + [d_hidden] * d_depth + [1], activation=leaky_relu)
+
+    def generate(self, z: torch.Tensor) -> torch.Tensor:
+        """x = G(z) for z of shape (n, latent_dim)."""
+        x = self.generator(z)
+        return self.scale * (torch.tanh(x) if self.out == "tanh" else x)
+
+    def sample(self, n: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n samples G(z), z ~ N(0, I), of shape (n, data_dim); no gradient."""
+        positive_int("n", n)
+        device = next(self.parameters()).device
+        with torch.no_grad():
+            z = torch.randn(n, self.latent_dim, device=device, generator=generator)
+            return self.generate(z)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The discriminator's logits, one per pack of ``self.pack`` consecutive rows of x: shape (n / pack,)."""
+        if x.dim() != 2 or x.shape[1] != self.data_dim or len(x) % self.pack:
+            raise ValueError(f"x must have shape (n, {self.data_dim}) with n a multiple of pack = {self.pack}, "
+                             f"got {tuple(x.shape)}")
+        return self.discriminator(x.reshape(-1, self.pack * self.data_dim) / self.scale).squeeze(-1)
+
+
+# ----------------------------------------------------------------------------------------
+# Training: alternating discriminator and generator steps
+
+
+def train_gan(model: GAN, x: torch.Tensor, *, steps: int, batch_size: int = 100, lr: float = 1e-3,
+              d_lr: float | None = None, d_steps: int = 1, betas: tuple[float, float] = (0.5, 0.999),
+              kind: str = "non-saturating", schedule: str = "constant", seed: int = 0, snapshots=(),
+              n_snapshot: int = 500, progress=None, desc: str | None = None) -> dict:
+    """Train ``model`` on the rows of ``x`` (shape (n, data_dim), on the model's device).
+
+    Each step alternates the two players: ``d_steps`` Adam steps on the discriminator loss
+    (eq-gan-d-loss) with the generated batch detached, then one Adam step on the generator loss
+    ``kind`` (eq-gan-g-losses) through a fresh batch of samples. Every batch holds
+    ``batch_size * model.pack`` rows of each class, i.e. ``batch_size`` (packed) discriminator
+    examples. Minibatch indices and noise are drawn on the device: no host synchronisation.
+
+    lr, d_lr: the Adam learning rates of the generator and the discriminator (``d_lr`` defaults
+              to ``lr``); ``schedule="cosine"`` decays both to zero over the run.
+    snapshots: steps (0..steps) at which to record ``n_snapshot`` samples on a fixed noise batch.
+    Returns the history, like `lib.train.minimise`: "d_loss" (the last discriminator step's),
+    "g_loss", "d_real" and "d_fake" (mean D on the data and on the samples of that step), each a
+    1-D CPU tensor with one entry per step; plus "snapshots", a dict step -> (n_snapshot,
+    data_dim) CPU tensor, when asked for.
+    """
+    float_tensor("x", x, dim=2, shape=f"(n, {model.data_dim})")
+    if x.shape[1] != model.data_dim:
+        raise ValueError(f"x must have shape (n, {model.data_dim}), got {tuple(x.shape)}")
+    if not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+    positive_int("batch_size", batch_size)
+    positive_int("d_steps", d_steps)
+    one_of("kind", kind, GENERATOR_LOSSES)
+    one_of("schedule", schedule, ("constant", "cosine"))
+    device, m = x.device, batch_size * model.pack
+    g = torch.Generator(device=device).manual_seed(seed)
+    z_fixed = torch.randn(n_snapshot, model.latent_dim, device=device, generator=g)
+    opt_d = torch.optim.Adam(model.discriminator.parameters(), lr=lr if d_lr is None else d_lr, betas=betas,
+                             foreach=True)
+    opt_g = torch.optim.Adam(model.generator.parameters(), lr=lr, betas=betas, foreach=True)
+    decay = [torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1)) for opt in (opt_d, opt_g)
+             ] if schedule == "cosine" else []
+    records, shots = defaultdict(list), {}
+
+    def noise():
+        return torch.randn(m, model.latent_dim, device=device, generator=g)
+
+    def snapshot(step):
+        if step in snapshots:
+            with torch.no_grad():
+                shots[step] = model.generate(z_fixed)
+
+    model.train()
+    for step in tqdm(range(steps), desc=desc, disable=not show_progress(progress), leave=False):
+        snapshot(step)
+        for _ in range(d_steps):                     # the discriminator, with G fixed
+            real = x[torch.randint(len(x), (m,), device=device, generator=g)]
+            real_logits, fake_logits = model.logits(real), model.logits(model.generate(noise()).detach())
+            d_loss = discriminator_loss(real_logits, fake_logits)
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+        g_loss = generator_loss(model.logits(model.generate(noise())), kind)   # the generator, with D fixed
+        opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        opt_g.step()
+        for scheduler in decay:
+            scheduler.step()
+        records["d_loss"].append(d_loss.detach())
+        records["g_loss"].append(g_loss.detach())
+        records["d_real"].append(torch.sigmoid(real_logits.detach()).mean())
+        records["d_fake"].append(torch.sigmoid(fake_logits.detach()).mean())
+    snapshot(steps)
+    model.eval()
+    history = {name: torch.stack(values).float().cpu() for name, values in records.items()}
+    if shots:
+        history["snapshots"] = {step: value.cpu() for step, value in sorted(shots.items())}
+    return history
+
+
+# ----------------------------------------------------------------------------------------
+# Evaluation: modes covered and high-quality samples
+
+
+def mode_coverage(samples: torch.Tensor, name: str, *, threshold: float = 3.0, min_count: int = 1) -> dict:
+    """How well samples cover the modes of a toy set, ``name`` = "ring" (8 modes) or "grid" (25).
+
+    A sample is *high quality* if it lies within ``threshold`` standard deviations
+    (``lib.data.TOY2D_STD[name]``) of its nearest mode centre; a mode is *covered* if at least
+    ``min_count`` high-quality samples are nearest to it (the PacGAN/VEEGAN evaluation, on
+    2500 samples there). Returns ``{"modes": covered count, "high_quality": fraction in [0, 1],
+    "counts": high-quality samples per mode (tensor of shape (n_modes,))}``.
+    """
+    float_tensor("samples", samples, dim=2, shape="(n, 2)")
+    if samples.shape[1] != 2 or len(samples) == 0:
+        raise ValueError(f"samples must have shape (n, 2) with n >= 1, got {tuple(samples.shape)}")
+    modes = toy2d_modes(name).to(samples.device, samples.dtype)
+    positive_int("min_count", min_count)
+    distance, nearest = torch.cdist(samples, modes).min(1)
+    good = distance < threshold * TOY2D_STD[name]
+    counts = torch.bincount(nearest[good], minlength=len(modes))
+    return {"modes": int((counts >= min_count).sum()), "high_quality": good.float().mean().item(), "counts": counts}
+
+
+# ----------------------------------------------------------------------------------------
+# The ring and grid experiments: train (python -m lib.gan --retrain) or load
+
+TOY_SEEDS = (0, 1, 2)
+TOY_PACKS = (1, 2)                       # 1: the plain GAN, 2: PacGAN2
+TOY_SCALE = {"ring": 1.0, "grid": 2.0 * math.sqrt(2.0)}   # the data's standard deviation per coordinate
+TOY_MODEL = dict(latent_dim=2, hidden=128, depth=3, d_hidden=128, d_depth=2)
+TOY_TRAINING = {                         # the same for GAN and PacGAN2; the grid needs a stronger discriminator
+    "ring": dict(steps=15_000, batch_size=256, lr=5e-4, schedule="cosine"),
+    "grid": dict(steps=20_000, batch_size=256, lr=1e-3, d_lr=2e-3, d_steps=2, schedule="cosine"),
+}
+TOY_SNAPSHOTS = {name: (0, 500, 1000, 2500, 5000, settings["steps"]) for name, settings in TOY_TRAINING.items()}
+TOY_HISTORY_EVERY = 100                  # loss histories are stored as means over blocks of 100 steps
+CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
+
+
+def toy_gan(name: str, pack: int, seed: int) -> GAN:
+    """The GAN (pack = 1) or PacGAN2 (pack = 2) used for the ring and grid in book/08-gan.md."""
+    one_of("name", name, TOY2D_STD)
+    return GAN(2, **TOY_MODEL, pack=pack, scale=TOY_SCALE[name], seed=seed)
+
+
+def _checkpoint(name: str) -> Path:
+    """lib/checkpoints/08-toy-ring.pt, 08-toy-grid.pt, 08-digits.pt"""
+    return CHECKPOINT_DIR / (f"08-toy-{name}.pt" if name in TOY2D_STD else f"08-{name}.pt")
+
+
+def train_toy_gans(name: str, *, seeds=TOY_SEEDS, progress=None) -> dict:
+    """Train GAN and PacGAN2 on one toy set (``"ring"`` or ``"grid"``) for every seed.
+
+    Returns the state stored in ``lib/checkpoints/08-toy-<name>.pt``: for each run
+    ``"<pack>/<seed>"`` the generator's state_dict, the coverage measured right after training,
+    the loss history (means over blocks of 100 steps) and 500 samples at a few steps of training.
+    """
+    x = toy2d(name, 100_000, seed=123)
+    state = {"generators": {}, "coverage": {}, "history": {}, "snapshots": {}}
+    for pack in TOY_PACKS:
+        for seed in seeds:
+            key = f"{pack}/{seed}"
+            model = toy_gan(name, pack, seed)
+            history = train_gan(model, x, **TOY_TRAINING[name], seed=seed, progress=progress, desc=f"{name} {key}",
+                                snapshots=TOY_SNAPSHOTS[name])
+            state["generators"][key] = model.generator.state_dict()
+            cover = mode_coverage(model.sample(2500, generator=torch.Generator().manual_seed(seed)), name)
+            state["coverage"][key] = torch.tensor([cover["modes"], cover["high_quality"]])
+            state["history"][key] = {k: history[k].reshape(-1, TOY_HISTORY_EVERY).mean(1)
+                                     for k in ("d_loss", "g_loss", "d_real", "d_fake")}
+            if "snapshots" in history:
+                state["snapshots"][key] = {str(step): v for step, v in history["snapshots"].items()}
+    return state
+
+
+def load_toy_gans(names=("ring", "grid")) -> dict:
+    """Load the trained ring and grid GANs (see `train_toy_gans`).
+
+    Returns ``{"models": {(name, pack, seed): GAN in eval mode}, "runs": {(name, pack, seed):
+    {"coverage": (modes, high-quality fraction) at training time, "history": {...} with a
+    "step" axis, "snapshots": {step: 500 samples on a fixed noise batch}}}}``.
+    """
+    models, runs = {}, {}
+    for name in names:
+        path = _checkpoint(name)
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: run `python -m lib.gan --retrain`")
+        state = torch.load(path, weights_only=True)
+        for key, generator_state in state["generators"].items():
+            pack, seed = map(int, key.split("/"))
+            model = toy_gan(name, pack, seed)
+            model.generator.load_state_dict(generator_state)
+            models[(name, pack, seed)] = model.eval()
+            history = dict(state["history"][key])
+            history["step"] = (torch.arange(len(history["d_loss"])) + 0.5) * TOY_HISTORY_EVERY
+            runs[(name, pack, seed)] = {
+                "coverage": tuple(state["coverage"][key].tolist()), "history": history,
+                "snapshots": {int(step): v for step, v in state["snapshots"].get(key, {}).items()}}
+    return {"models": models, "runs": runs}
+
+
+# ----------------------------------------------------------------------------------------
+# The digits GANs: same recipe, 64 pixels
+
+DIGITS_MODEL = dict(latent_dim=16, hidden=256, depth=2, out="tanh")
+DIGITS_TRAINING = dict(steps=10_000, batch_size=64, lr=5e-4, schedule="cosine")
+
+
+def digits_gan(pack: int = 1, seed: int = 0) -> GAN:
+    """A GAN for the 8x8 digits, flattened to 64 values in [-1, 1] (`digits_to_unit`)."""
+    return GAN(64, **DIGITS_MODEL, pack=pack, seed=seed)
+
+
+def digits_to_unit(x: torch.Tensor) -> torch.Tensor:
+    """Grey levels 0..16 of shape (n, 1, 8, 8) -> (n, 64) in [-1, 1]; `unit_to_digits` inverts it."""
+    return x.flatten(1) / 8 - 1
+
+
+def unit_to_digits(x: torch.Tensor) -> torch.Tensor:
+    """(n, 64) in [-1, 1] -> grey levels in [0, 16] of shape (n, 1, 8, 8)."""
+    return ((x + 1) * 8).reshape(-1, 1, 8, 8)
+
+
+def train_digits_gans(*, progress=None) -> dict:
+    """Train a GAN and a PacGAN2 on the training digits; return their generators' state_dicts
+    and loss histories (means over blocks of 100 steps), as stored in ``08-digits.pt``."""
+    x = digits_to_unit(digits("train")[0])
+    state = {"generators": {}, "history": {}}
+    for pack in TOY_PACKS:
+        model = digits_gan(pack)
+        history = train_gan(model, x, **DIGITS_TRAINING, seed=0, progress=progress, desc=f"digits pack {pack}")
+        state["generators"][str(pack)] = model.generator.state_dict()
+        state["history"][str(pack)] = {k: history[k].reshape(-1, TOY_HISTORY_EVERY).mean(1) for k in ("d_loss", "g_loss")}
+    return state
+
+
+def load_digits_gans() -> dict:
+    """``{pack: GAN in eval mode}`` for pack 1 (GAN) and 2 (PacGAN2), from ``08-digits.pt``."""
+    path = _checkpoint("digits")
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run `python -m lib.gan --retrain`")
+    state = torch.load(path, weights_only=True)
+    models = {}
+    for key, generator_state in state["generators"].items():
+        models[int(key)] = digits_gan(int(key))
+        models[int(key)].generator.load_state_dict(generator_state)
+        models[int(key)].eval()
+    return models
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Train the ring and grid GANs of book/08-gan.md.")
+    parser.add_argument("--retrain", action="store_true", help="train all runs and overwrite lib/checkpoints/08-toy-*.pt")
+    parser.add_argument("--only", choices=sorted(TOY2D_STD) + ["digits"], help="retrain one data set only")
+    args = parser.parse_args()
+    if not args.retrain:
+        parser.error("nothing to do: pass --retrain")
+    torch.set_num_threads(1)
+    CHECKPOINT_DIR.mkdir(exist_ok=True)
+    if args.only in (None, "digits"):
+        torch.save(train_digits_gans(progress=True), _checkpoint("digits"))
+    for name in [args.only] if args.only in TOY2D_STD else [] if args.only else sorted(TOY2D_STD):
+        state = train_toy_gans(name, progress=True)
+        torch.save(state, _checkpoint(name))
+        for key, (modes, quality) in state["coverage"].items():
+            print(f"{name} pack/seed {key}: {int(modes)} modes, {100 * quality:.1f}% high quality")
