@@ -6,13 +6,10 @@ In a temporary copy of the course, every student hands in every released assignm
 through four kinds of submission: correct (the solutions), blank (the release), wrong (one task
 answered wrongly) and broken (invalid JSON). The class is graded once with ``--jobs 1`` and once
 with ``--jobs N`` (each from a fresh gradebook); the script prints seconds per notebook for each
-assignment and the speed-up, checks that both runs give the same scores, and appends the table
-to benchmarks/AUTOGRADE.md.
+assignment and the speed-up, checks that both runs give the same scores, and writes the section
+"Autograde throughput" of benchmarks/RESULTS.md.
 """
 import argparse
-import datetime
-import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -23,8 +20,9 @@ from pathlib import Path
 import nbformat
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-from course_helpers import solution_answers, submission  # noqa: E402
+sys.path.insert(0, str(ROOT))
+from benchmarks.results import machine, table, write_section  # noqa: E402
+from tests.course_helpers import solution_answers, submission  # noqa: E402
 
 from lib.autograde import assignments, gradebook  # noqa: E402
 
@@ -96,27 +94,15 @@ def main() -> None:
         parallel = grade(root, args.jobs)
         assert scores(root) == serial_scores, "parallel grading must give the same scores"
     executed = notebooks // len(chosen)
-    lines = [
-        f"## {datetime.date.today()}: {args.students} students x {len(chosen)} assignments ({', '.join(chosen)})",
-        "",
-        f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}. "
-        f"{notebooks} notebooks executed per run ({len(kinds) * len(chosen)} submissions, a quarter of "
-        "them broken JSON, which is not executed).",
-        "",
-        "| run | seconds | seconds per executed notebook |",
-        "|---|---|---|",
-    ] + [f"| serial, {a} | {t:.0f} | {t / executed:.1f} |" for a, t in per_assignment.items()] + [
-        f"| serial (jobs=1), all | {serial:.0f} | {serial / notebooks:.1f} |",
-        f"| parallel (jobs={args.jobs}) | {parallel:.0f} | {parallel / notebooks:.1f} |",
-        "",
-        f"Speed-up: {serial / parallel:.2f}x. Both runs gave identical scores.",
-        "",
-    ]
-    text = "\n".join(lines)
-    print(text)
-    results = ROOT / "benchmarks" / "AUTOGRADE.md"
-    header = "# Autograde throughput\n\nWritten by `benchmarks/autograde.py`.\n\n"
-    results.write_text((results.read_text() if results.exists() else header) + text + "\n")
+    rows = ([[f"serial, {a}", t, t / executed] for a, t in per_assignment.items()]
+            + [["serial (jobs=1), all", serial, serial / notebooks],
+               [f"parallel (jobs={args.jobs})", parallel, parallel / notebooks]])
+    write_section("Autograde throughput", [
+        machine(), "",
+        f"{args.students} students x {len(chosen)} assignments ({', '.join(chosen)}): {notebooks} notebooks "
+        f"executed per run ({len(kinds) * len(chosen)} submissions; a quarter are broken JSON, not executed).", "",
+        *table(["run", "seconds", "seconds per executed notebook"], rows), "",
+        f"Speed-up: {serial / parallel:.2f}x. Both runs gave identical scores."])
 
 
 if __name__ == "__main__":

@@ -1,21 +1,25 @@
-"""Execution time of every chapter page and every solution notebook (budget: 60 s each on 2 CPU cores).
+"""Execution time of every chapter page and every solution notebook (budget: 60 s each on 2 CPU
+cores), and, with ``--book``, of a cold and a warm `make book` (goals: 6 min and 30 s).
 
-    .venv/bin/python benchmarks/run.py          # or: make bench
+    .venv/bin/python benchmarks/run.py [--book]      # or: make bench
 
-Prints a table and writes benchmarks/RESULTS.md with the date, machine and versions.
+Prints a table and writes the section "Pages and notebooks" of benchmarks/RESULTS.md.
 """
-import datetime
-import os
-import platform
+import argparse
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import jupytext
 import nbformat
-import torch
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from benchmarks.results import machine, table, write_section  # noqa: E402
+
 BUDGET_S = 60
 
 
@@ -25,24 +29,30 @@ def execute(nb, cwd: Path) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
+def make_book() -> float:
+    start = time.perf_counter()
+    subprocess.run(["make", "book"], cwd=ROOT, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--book", action="store_true", help="also time a cold and a warm `make book`")
+    args = parser.parse_args(argv)
     rows = []
     for page in sorted((ROOT / "book").glob("[0-9][0-9]-*.md")):
         rows.append((f"book/{page.name}", execute(jupytext.read(page), page.parent)))
     for nb_path in sorted((ROOT / "solutions").glob("*/*.ipynb")):
         rows.append((str(nb_path.relative_to(ROOT)), execute(nbformat.read(nb_path, as_version=4), nb_path.parent)))
-    lines = [
-        "# Benchmarks",
-        "",
-        f"Measured {datetime.date.today()} on {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPU cores, Python {platform.python_version()}, torch {torch.__version__}.",
-        "",
-        "| notebook | seconds | within 60 s |",
-        "|---|---|---|",
-    ] + [f"| {name} | {seconds:.1f} | {'yes' if seconds <= BUDGET_S else 'NO'} |" for name, seconds in rows]
-    text = "\n".join(lines) + "\n"
-    (ROOT / "benchmarks" / "RESULTS.md").write_text(text)
-    print(text)
+    lines = [machine(), "", *table(["notebook", "seconds", f"within {BUDGET_S} s"],
+                                   [[name, s, "yes" if s <= BUDGET_S else "NO"] for name, s in rows])]
+    if args.book:
+        shutil.rmtree(ROOT / "_build", ignore_errors=True)
+        cold = make_book()
+        warm = make_book()
+        lines += ["", *table(["make book", "seconds", "goal"],
+                             [["cold (no _build)", cold, "≤ 360"], ["warm (nothing changed)", warm, "≤ 30"]])]
+    write_section("Pages and notebooks", lines)
 
 
 if __name__ == "__main__":
