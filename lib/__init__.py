@@ -16,6 +16,8 @@ One module per idea, each readable top to bottom like the chapter it serves:
     elbo      chapter 03: the evidence lower bound (EM, PPCA, IWAE)
     vae       chapter 04: variational autoencoders (VAE, CVAE, importance-sampled likelihood)
     reparam   chapter 05: pathwise and score-function gradients, samplers, Gumbel-softmax
+    collapse  chapter 06: posterior collapse (diagnostics: KL, AU, MI; remedies)
+    vq        chapter 07: vector-quantised VAE (codebook, straight-through, EMA, restarts)
     gan       chapter 08: adversarial training, the optimal discriminator, mode coverage
     pixelcnn  chapter 09: masked and gated PixelCNNs, causal sampling
 """

@@ -411,21 +411,20 @@ def load_digits_gans() -> dict:
     return models
 
 
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Train the ring and grid GANs of book/08-gan.md.")
-    parser.add_argument("--retrain", action="store_true", help="train all runs and overwrite lib/checkpoints/08-toy-*.pt")
-    parser.add_argument("--only", choices=sorted(TOY2D_STD) + ["digits"], help="retrain one data set only")
-    args = parser.parse_args()
-    if not args.retrain:
-        parser.error("nothing to do: pass --retrain")
-    torch.set_num_threads(1)
+def retrain(names=("digits", "grid", "ring")) -> None:
+    """Train the digits GANs and the toy GANs of each named set, and overwrite their checkpoints."""
     CHECKPOINT_DIR.mkdir(exist_ok=True)
-    if args.only in (None, "digits"):
-        torch.save(train_digits_gans(progress=True), _checkpoint("digits"))
-    for name in [args.only] if args.only in TOY2D_STD else [] if args.only else sorted(TOY2D_STD):
+    for name in names:
+        if name == "digits":
+            torch.save(train_digits_gans(progress=True), _checkpoint("digits"))
+            continue
         state = train_toy_gans(name, progress=True)
         torch.save(state, _checkpoint(name))
         for key, (modes, quality) in state["coverage"].items():
             print(f"{name} pack/seed {key}: {int(modes)} modes, {100 * quality:.1f}% high quality")
+
+
+if __name__ == "__main__":
+    from lib.train import retrain_main
+
+    retrain_main("Train the GANs of book/08-gan.md into lib/checkpoints/08-*.pt", ["digits", *sorted(TOY2D_STD)], retrain)

@@ -600,22 +600,11 @@ def pretrained(name: str = "digits17", *, device=None):
     return model.to(device).eval(), saved["history"]
 
 
-def _main(argv=None):
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Train the book's digits PixelCNNs into lib/checkpoints/.")
-    parser.add_argument("--retrain", action="store_true", help="train and overwrite the checkpoints")
-    parser.add_argument("--only", choices=sorted(CONFIGS), help="train one model only")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="CPU threads (default 1: these small convolutions gain little from more, "
-                             "and lose a lot on a shared machine)")
-    args = parser.parse_args(argv)
-    if not args.retrain:
-        parser.error("nothing to do: pass --retrain")
-    torch.set_num_threads(positive_int("threads", args.threads))
+def _retrain_and_report(names) -> None:
+    """Train the named digits models, save them, and print their test NLL."""
     from lib.data import digits
 
-    for name in [args.only] if args.only else sorted(CONFIGS):
+    for name in names:
         start = time.perf_counter()
         model, history = train_digits(name)
         path = save_checkpoint(name, model, history)
@@ -627,4 +616,6 @@ def _main(argv=None):
 
 
 if __name__ == "__main__":
-    _main()
+    from lib.train import retrain_main
+
+    retrain_main("Train the book's digits PixelCNNs into lib/checkpoints/09-*.pt", sorted(CONFIGS), _retrain_and_report)

@@ -128,3 +128,22 @@ def fit_early_stopping(model: torch.nn.Module, train: tuple, val: tuple, score, 
     if best_state is not None:
         model.load_state_dict(best_state)
     return {k: torch.tensor(v, dtype=torch.float32) for k, v in history.items()}
+
+
+def retrain_main(description: str, names, retrain, argv=None) -> None:
+    """The command line of every module with checkpoints: ``python -m lib.<module> --retrain
+    [name ...]`` calls ``retrain(chosen names)`` (default: all ``names``) on one CPU thread."""
+    import argparse
+
+    names = list(names)
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--retrain", action="store_true", help="train and overwrite the checkpoints (required)")
+    parser.add_argument("names", nargs="*", help=f"what to train (default: all of {', '.join(names)})")
+    args = parser.parse_args(argv)
+    if not args.retrain:
+        parser.error("nothing to do: pass --retrain")
+    unknown = [name for name in args.names if name not in names]
+    if unknown:
+        parser.error(f"unknown names {unknown}: choose from {names}")
+    torch.set_num_threads(1)  # small models: one thread is the fastest, and kind to a shared machine
+    retrain(args.names or names)

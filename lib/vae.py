@@ -50,7 +50,7 @@ from torch import nn
 from torch.distributions import Bernoulli, Categorical, Independent, Normal
 
 from lib.checks import float_tensor, one_of, positive_int
-from lib.train import fit_early_stopping
+from lib.train import fit_early_stopping, retrain_main
 
 LOG_2PI = math.log(2 * math.pi)
 IMAGE_SHAPE = (1, 8, 8)
@@ -623,13 +623,4 @@ def retrain(names=None) -> None:
 
 
 if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Train the book's VAEs again and rewrite lib/checkpoints/04-vae-*.pt")
-    parser.add_argument("--retrain", action="store_true", help="train and save (required)")
-    parser.add_argument("names", nargs="*", help=f"models to train (default: all of {', '.join(REFERENCE_MODELS)})")
-    args = parser.parse_args()
-    if not args.retrain:
-        parser.error("pass --retrain to train and overwrite the checkpoints")
-    torch.set_num_threads(1)
-    retrain(args.names)
+    retrain_main("Train the book's VAEs again and rewrite lib/checkpoints/04-vae-*.pt", REFERENCE_MODELS, retrain)

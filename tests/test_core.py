@@ -162,3 +162,16 @@ def test_checks_name_the_argument_and_the_expectation():
             positive_int("K", bad)
     with pytest.raises(ValueError, match=r"mode must be one of \['a', 'b'\], got 'c'"):
         one_of("mode", "c", ("a", "b"))
+
+
+def test_retrain_command_line():
+    from lib.train import retrain_main
+
+    calls = []
+    retrain_main("demo", ["a", "b"], calls.append, ["--retrain", "b"])
+    retrain_main("demo", ["a", "b"], calls.append, ["--retrain"])
+    assert calls == [["b"], ["a", "b"]]
+    for argv in ([], ["--retrain", "c"]):  # nothing asked for, an unknown name: an error, nothing trained
+        with pytest.raises(SystemExit):
+            retrain_main("demo", ["a", "b"], calls.append, argv)
+    assert len(calls) == 2

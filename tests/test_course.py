@@ -97,6 +97,39 @@ WRONG = {
          },
          "lose": ["test_sample_weibull", "test_sample_laplace", "test_pathwise_estimates", "test_score_function_estimates", "test_gumbel_softmax_sample"]},
     ],
+    "06-posterior-collapse": [
+        {"answers": {
+            "active_units": "def active_units(mu, logvar, threshold=0.01):\n"
+                            "    z = mu + (0.5 * logvar).exp() * torch.randn_like(mu)\n"
+                            "    return int((z.var(0) > threshold).sum())",
+            "free_bits_kl": "def free_bits_kl(kl, floor):\n"
+                            "    return kl.mean(0).sum().clamp(min=floor * kl.shape[1])",
+            "kl_anneal": "def kl_anneal(step, warmup, start=0.0):\n"
+                         "    return (1.0 - start) * min(1.0, step / warmup)",
+            "mutual_information": "def mutual_information(mu, logvar, z):\n"
+                                  "    n, L = mu.shape\n"
+                                  "    neg_entropy = (-0.5 * L * (1 + math.log(2 * math.pi)) - 0.5 * logvar.sum(-1)).mean()\n"
+                                  "    log_q = -0.5 * ((z - mu) ** 2 / logvar.exp() + logvar + math.log(2 * math.pi)).sum(-1)\n"
+                                  "    return neg_entropy - log_q.mean()",
+         },
+         "lose": ["test_active_units", "test_free_bits_kl", "test_kl_anneal", "test_mutual_information"]},
+    ],
+    "07-vq-vae": [
+        {"answers": {
+            "nearest_code": "def nearest_code(z, codebook):\n"
+                            "    return ((z ** 2).sum(1, keepdim=True) - 2 * z @ codebook.T).argmin(1)",
+            "straight_through": "def straight_through(z_e, z_q):\n"
+                                "    return z_q + (z_e - z_q).detach()",
+            "codebook_loss": "def codebook_loss(z_e, z_q):\n"
+                             "    return ((z_e - z_q.detach()) ** 2).flatten(1).sum(1)",
+            "commitment_loss": "def commitment_loss(z_e, z_q):\n"
+                               "    return ((z_e - z_q) ** 2).flatten(1).sum(1)",
+            "code_perplexity": "def code_perplexity(indices, n_codes):\n"
+                               "    p = torch.bincount(indices.flatten(), minlength=n_codes).float() / indices.numel()\n"
+                               "    return -(p * p.log()).sum()",
+         },
+         "lose": ["test_nearest_code", "test_straight_through", "test_codebook_loss", "test_commitment_loss", "test_code_perplexity"]},
+    ],
     "08-gan": [
         {"answers": {
             "discriminator_loss": "def discriminator_loss(real_logits, fake_logits):\n"
@@ -168,6 +201,37 @@ CHEAT = {
                               "    return lib.reparam.pathwise_grad(f, lambda m, s: m + s * eps, (mu, sigma), len(eps))",
         "gumbel_softmax_sample": "def gumbel_softmax_sample(logits, tau, n):\n"
                                  "    return torch.nn.functional.gumbel_softmax(logits.expand(n, -1), tau=tau)",
+    },
+    "06-posterior-collapse": {
+        "active_units": "import lib.collapse\n"
+                        "def active_units(mu, logvar, threshold=0.01):\n"
+                        "    return lib.collapse.active_units(mu, threshold)",
+        "free_bits_kl": "import lib.collapse\n"
+                        "def free_bits_kl(kl, floor):\n"
+                        "    return lib.collapse.free_bits_kl(kl, floor)",
+        "kl_anneal": "from lib.collapse import kl_anneal as reference\n"
+                     "def kl_anneal(step, warmup, start=0.0):\n"
+                     "    return reference(step, warmup, start=start)",
+        "mutual_information": "import lib.collapse\n"
+                              "def mutual_information(mu, logvar, z):\n"
+                              "    return lib.collapse.mutual_information(mu, logvar, z)",
+    },
+    "07-vq-vae": {
+        "nearest_code": "import lib.vq\n"
+                        "def nearest_code(z, codebook):\n"
+                        "    return lib.vq.nearest_code(z, codebook)",
+        "straight_through": "from lib.vq import straight_through as _reference\n"
+                            "def straight_through(z_e, z_q):\n"
+                            "    return _reference(z_e, z_q)",
+        "codebook_loss": "from lib.vq import vq_loss_terms\n"
+                         "def codebook_loss(z_e, z_q):\n"
+                         "    return vq_loss_terms(z_e, z_q)[0]",
+        "commitment_loss": "import lib.vq\n"
+                           "def commitment_loss(z_e, z_q):\n"
+                           "    return lib.vq.vq_loss_terms(z_e, z_q)[1]",
+        "code_perplexity": "import lib.vq\n"
+                           "def code_perplexity(indices, n_codes):\n"
+                           "    return lib.vq.code_perplexity(indices, n_codes)",
     },
     "08-gan": {
         "discriminator_loss": "def discriminator_loss(real_logits, fake_logits):\n"
@@ -351,8 +415,11 @@ def test_feedback_shows_no_hidden_tests(graded):
     for page in pages:
         text = visible_text(page.read_text())
         assert "BEGIN HIDDEN TESTS" not in text
-        assignment = page.parent.name
-        leaked = [line for line in secret_lines(assignment, solutions=False) if line in text]
+        assignment, student = page.parent.name, page.parent.parent.name
+        # feedback shows the student's own code: a hidden-test line they wrote themselves leaks nothing
+        handed_in = root / "submitted" / student / assignment / f"{assignment}.ipynb"
+        own = "\n".join(c.source for c in nbformat.read(handed_in, as_version=4).cells) if handed_in.exists() else ""
+        leaked = [line for line in secret_lines(assignment, solutions=False) if line in text and line not in own]
         assert not leaked, f"{page.relative_to(root)} shows hidden-test lines: {leaked[:3]}"
 
 
