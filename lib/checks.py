@@ -32,3 +32,13 @@ def one_of(name: str, value, options) -> str:
     if value not in options:
         raise ValueError(f"{name} must be one of {sorted(options)}, got {value!r}")
     return value
+
+
+def gaussian_parameters(mu, logvar=None, *, dim: int | None = None, shape: str | None = None) -> None:
+    """Check the parameters of a diagonal Gaussian N(mu, exp(logvar)): floating-point tensors of
+    the same shape (mu with ``dim`` dimensions, described as ``shape``, if given)."""
+    float_tensor("mu", mu, dim=dim, shape=shape)
+    if logvar is not None:
+        float_tensor("logvar", logvar)
+        if logvar.shape != mu.shape:
+            raise ValueError(f"mu and logvar must have the same shape, got {tuple(mu.shape)} and {tuple(logvar.shape)}")

@@ -39,7 +39,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lib.checks import float_tensor, one_of, positive_int
+from lib.checks import float_tensor, gaussian_parameters, one_of, positive_int
+from lib.data import digits
 from lib.train import fit, minimise, retrain_main
 from lib.vae import (VAE, GaussianEncoder, elbo_terms, gaussian_kl_to_standard, log_likelihood_is, make_decoder,
                      mlp_encoder_net, reparameterize, validation_neg_elbo)
@@ -52,19 +53,11 @@ PIXELS = 64
 # Diagnostics
 
 
-def _check_mu_logvar(mu, logvar=None) -> None:
-    float_tensor("mu", mu, dim=2, shape="(n, L)")
-    if logvar is not None:
-        float_tensor("logvar", logvar)
-        if logvar.shape != mu.shape:
-            raise ValueError(f"logvar must have the shape of mu {tuple(mu.shape)}, got {tuple(logvar.shape)}")
-
-
 def kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """E_x KL(q(z_d | x) || N(0, 1)) for each latent dimension d, shape (L,) (eq-collapse-kl-dim):
     the closed-form KL of `lib.vae.gaussian_kl_to_standard` averaged over the n images.
     A dimension with a KL near 0 carries no information about x."""
-    _check_mu_logvar(mu, logvar)
+    gaussian_parameters(mu, logvar, dim=2, shape="(n, L)")
     return gaussian_kl_to_standard(mu, logvar).mean(0)
 
 
@@ -72,7 +65,7 @@ def unit_activity(mu: torch.Tensor) -> torch.Tensor:
     """A_d = Cov_x(E_q[z_d | x]), the variance over the images of the posterior mean mu_d(x),
     shape (L,) (eq-collapse-au; Burda et al. 2016). Unbiased (n - 1) variance, as in He et al.'s code.
     It measures how much the code moves with x; the posterior variances do not enter."""
-    _check_mu_logvar(mu)
+    gaussian_parameters(mu, dim=2, shape="(n, L)")
     if len(mu) < 2:
         raise ValueError(f"mu needs at least 2 images to have a variance, got shape {tuple(mu.shape)}")
     return mu.var(0, correction=1)
@@ -96,7 +89,7 @@ def mutual_information(mu: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor |
     (2019). z: one sample per image, shape (n, L) (drawn with ``generator`` when omitted).
     A 0-dim tensor in nats; the batch estimate lies between about 0 and log n.
     """
-    _check_mu_logvar(mu, logvar)
+    gaussian_parameters(mu, logvar, dim=2, shape="(n, L)")
     n, L = mu.shape
     if z is None:
         z = reparameterize(mu, logvar, generator=generator)
@@ -439,7 +432,6 @@ def train_variant(name: str, *, steps: int | None = None, x=None, x_val=None, pr
 
 
 def _train_variant(name, steps, x, x_val, progress):
-    from lib.data import digits
 
     decoder, remedy, settings = VARIANTS[name]
     steps = RECIPE["steps"] if steps is None else positive_int("steps", steps)

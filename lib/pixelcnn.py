@@ -40,7 +40,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from lib.checks import float_tensor, one_of, positive_int
-from lib.data import bits_per_dim
+from lib.data import bits_per_dim, digits
+from lib.device import seed_everything
+from lib.train import fit_early_stopping, retrain_main
 
 CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
 
@@ -525,54 +527,23 @@ def train_digits(name: str = "digits17", *, steps: int | None = None, seed: int 
                  device=None, progress=None):
     """Train a GatedPixelCNN on the digits (``digits17``: 17 grey levels, ``digits2``: binarised).
 
-    Adam(W) with a cosine learning-rate decay, through `lib.train.minimise`; the validation NLL
-    is measured every ``eval_every`` steps and the parameters with the best one are kept
-    (early stopping). Returns ``(model, history)``: history has the per-step training loss
-    ("train", nats/image) and the validation NLL at the evaluation steps ("val_step", "val").
+    AdamW with a cosine learning-rate decay, through `lib.train.fit_early_stopping`: the
+    validation NLL is measured every ``eval_every`` steps and the parameters with the best one
+    are kept. Returns ``(model, history)``; history has, per round of ``eval_every`` steps,
+    "step", "train" (mean training loss, nats/image) and "val" (validation NLL).
     """
-    from lib.data import digits
-    from lib.device import seed_everything
-    from lib.train import minimise
-
     one_of("name", name, CONFIGS)
     config = CONFIGS[name]
-    steps = config["steps"] if steps is None else steps
     seed_everything(seed)
     binarize = config["levels"] == 2
     x_train, _ = digits("train", binarize=binarize, device=device)
     x_val, _ = digits("val", binarize=binarize, device=device)
     model = GatedPixelCNN(**{k: config[k] for k in _MODEL_KEYS}).to(x_train.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
-    generator = torch.Generator(device=x_train.device).manual_seed(seed)
-    per_epoch = len(x_train) // config["batch_size"]
-    state = {"order": None, "best": math.inf, "params": None, "val": [], "val_step": []}
-
-    def evaluate(step):
-        value = nll(model, x_val).item()  # a host sync, only every eval_every steps
-        state["val"].append(value)
-        state["val_step"].append(step)
-        if value < state["best"]:
-            state["best"] = value
-            state["params"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-    def objective(step):
-        if step % eval_every == 0 and step > 0:
-            evaluate(step)
-            model.train()
-        k = step % per_epoch
-        if k == 0:
-            state["order"] = torch.randperm(len(x_train), device=x_train.device, generator=generator)
-        index = state["order"][k * config["batch_size"]:(k + 1) * config["batch_size"]]
-        return model.loss(x_train[index])
-
-    model.train()
-    history = minimise(objective, model.parameters(), steps=steps, optimizer=optimizer, schedule="cosine",
-                       progress=progress, desc=name)
-    evaluate(steps)
-    model.load_state_dict(state["params"])
-    model.eval()
-    return model, {"train": history["loss"], "val_step": torch.tensor(state["val_step"]),
-                   "val": torch.tensor(state["val"])}
+    history = fit_early_stopping(model, (x_train,), (x_val,), nll, steps=config["steps"] if steps is None else steps,
+                                 every=eval_every, batch_size=config["batch_size"], optimizer=optimizer,
+                                 schedule="cosine", seed=seed, progress=progress, desc=name)
+    return model, history
 
 
 def save_checkpoint(name: str, model: GatedPixelCNN, history: dict, path: Path | None = None) -> Path:
@@ -602,7 +573,6 @@ def pretrained(name: str = "digits17", *, device=None):
 
 def _retrain_and_report(names) -> None:
     """Train the named digits models, save them, and print their test NLL."""
-    from lib.data import digits
 
     for name in names:
         start = time.perf_counter()
@@ -616,6 +586,5 @@ def _retrain_and_report(names) -> None:
 
 
 if __name__ == "__main__":
-    from lib.train import retrain_main
 
     retrain_main("Train the book's digits PixelCNNs into lib/checkpoints/09-*.pt", sorted(CONFIGS), _retrain_and_report)

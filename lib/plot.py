@@ -47,6 +47,16 @@ def image_grid(x: torch.Tensor, *, nrow: int = 8, ax=None, title: str | None = N
     return ax
 
 
+def _plane(ax, title: str | None):
+    """Equal axes labelled x_1 and x_2, for points and densities in the plane."""
+    ax.set_aspect("equal")
+    ax.set_xlabel("$x_1$")
+    ax.set_ylabel("$x_2$")
+    if title:
+        ax.set_title(title)
+    return ax
+
+
 def scatter_2d(x: torch.Tensor, *, ax=None, title: str | None = None, **kwargs):
     """Scatter plot of points of shape (n, 2)."""
     x = torch.as_tensor(x).detach().cpu()
@@ -55,12 +65,7 @@ def scatter_2d(x: torch.Tensor, *, ax=None, title: str | None = None, **kwargs):
     x = x.numpy()
     ax = ax or plt.gca()
     ax.scatter(x[:, 0], x[:, 1], s=kwargs.pop("s", 4), alpha=kwargs.pop("alpha", 0.5), **kwargs)
-    ax.set_aspect("equal")
-    ax.set_xlabel("$x_1$")
-    ax.set_ylabel("$x_2$")
-    if title:
-        ax.set_title(title)
-    return ax
+    return _plane(ax, title)
 
 
 def density_2d(log_prob, *, xlim=(-3, 3), ylim=(-3, 3), n: int = 150, ax=None,
@@ -72,12 +77,7 @@ def density_2d(log_prob, *, xlim=(-3, 3), ylim=(-3, 3), n: int = 150, ax=None,
         density = log_prob(grid).exp().reshape(n, n).T
     ax = ax or plt.gca()
     (ax.contourf if filled else ax.contour)(xs.numpy(), ys.numpy(), density.numpy(), **kwargs)
-    ax.set_aspect("equal")
-    ax.set_xlabel("$x_1$")
-    ax.set_ylabel("$x_2$")
-    if title:
-        ax.set_title(title)
-    return ax
+    return _plane(ax, title)
 
 
 def curves(history: dict, *, keys=None, ax=None, smooth: int = 1, xlabel: str = "step",

@@ -98,23 +98,36 @@ def fit(model: torch.nn.Module, *data: torch.Tensor, steps: int, batch_size: int
 
 
 def fit_early_stopping(model: torch.nn.Module, train: tuple, val: tuple, score, *, steps: int, every: int = 100,
-                       patience: int | None = None, lr: float = 1e-3, batch_size: int = 100,
-                       seed: int = 0) -> dict[str, torch.Tensor]:
-    """`lib.train.fit` in rounds of ``every`` steps with one Adam optimiser; after each round
-    ``score(model, *val)`` (a 0-dim tensor, lower is better) is computed without gradients and the
-    best weights so far are kept. Stops after ``steps``, or after ``patience`` rounds without a new
-    best. The model ends with the best weights. Returns the history, one entry per round:
-    "step" (steps taken), "train" (mean training loss of the round), "val" (the score).
+                       patience: int | None = None, lr: float = 1e-3, batch_size: int = 100, optimizer=None,
+                       schedule: str = "constant", seed: int = 0, progress=None,
+                       desc: str | None = None) -> dict[str, torch.Tensor]:
+    """`lib.train.fit` in rounds of ``every`` steps with one optimiser; after each round
+    ``score(model, *val)`` (a 0-dim tensor, lower is better) is computed in eval mode without
+    gradients, and the best weights so far are kept. Stops after ``steps``, or after ``patience``
+    rounds without a new best. The model ends with the best weights.
+
+    optimizer: Adam with learning rate ``lr`` unless given (e.g. AdamW with weight decay).
+    schedule: ``"constant"``, or ``"cosine"``: before round r of R, every parameter group's
+              learning rate is set to its initial value times (1 + cos(pi r / R)) / 2.
+    Returns the history, one entry per round: "step" (steps taken), "train" (mean training loss
+    of the round), "val" (the score).
     """
     positive_int("steps", steps)
     positive_int("every", every)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
+    optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
+    initial_lr = [group["lr"] for group in optimizer.param_groups]
+    rounds = steps // every
     best, best_state, since_best = math.inf, None, 0
     history = {"step": [], "train": [], "val": []}
-    for round_ in range(steps // every):
+    for round_ in tqdm(range(rounds), desc=desc, disable=not show_progress(progress), leave=False):
+        if schedule == "cosine":
+            for group, lr0 in zip(optimizer.param_groups, initial_lr):
+                group["lr"] = lr0 * 0.5 * (1 + math.cos(math.pi * round_ / rounds))
         losses = fit(model, *train, steps=every, batch_size=batch_size, optimizer=optimizer, seed=seed + round_)
         with torch.no_grad():
-            value = float(score(model, *val))
+            value = float(score(model, *val))        # a host sync, once per round
         history["step"].append((round_ + 1) * every)
         history["train"].append(losses["loss"].mean().item())
         history["val"].append(value)

@@ -49,7 +49,8 @@ import torch
 from torch import nn
 from torch.distributions import Bernoulli, Categorical, Independent, Normal
 
-from lib.checks import float_tensor, one_of, positive_int
+from lib.checks import float_tensor, gaussian_parameters, one_of, positive_int
+from lib.data import digits
 from lib.train import fit_early_stopping, retrain_main
 
 LOG_2PI = math.log(2 * math.pi)
@@ -61,13 +62,6 @@ ARCHS = ("mlp", "conv")
 # The two formulas every VAE needs
 
 
-def _check_mu_logvar(mu, logvar) -> None:
-    float_tensor("mu", mu)
-    float_tensor("logvar", logvar)
-    if mu.shape != logvar.shape:
-        raise ValueError(f"mu and logvar must have the same shape, got {tuple(mu.shape)} and {tuple(logvar.shape)}")
-
-
 def gaussian_kl_to_standard(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, exp(logvar)) || N(0, 1)) for every coordinate, same shape as mu (eq-vae-kl):
 
@@ -76,7 +70,7 @@ def gaussian_kl_to_standard(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Ten
     Sum over the last dimension for the KL of a diagonal Gaussian q(z | x) to N(0, I); keep
     the coordinates apart to see which latent dimensions are in use (chapter 06).
     """
-    _check_mu_logvar(mu, logvar)
+    gaussian_parameters(mu, logvar)
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
 
 
@@ -88,7 +82,7 @@ def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, samples: int | None =
     both: gradients of any f(z) reach the encoder. Shape mu.shape, or (samples, *mu.shape).
     generator: a torch.Generator on mu's device, for repeatable draws.
     """
-    _check_mu_logvar(mu, logvar)
+    gaussian_parameters(mu, logvar)
     shape = mu.shape if samples is None else (positive_int("samples", samples), *mu.shape)
     eps = torch.randn(shape, generator=generator, device=mu.device, dtype=mu.dtype)
     return mu + (0.5 * logvar).exp() * eps
@@ -549,7 +543,6 @@ REFERENCE_MODELS = {
 def reference_data(kind: str, split: str, device=None):
     """The data a reference model sees: "binary" (pixels in {0, 1}), "levels" (0..16) or "scaled"
     (levels / 16, for the Gaussian decoder). Returns ``(x, y)``."""
-    from lib.data import digits
 
     one_of("kind", kind, ("binary", "levels", "scaled"))
     x, y = digits(split, binarize=kind == "binary", device=device)

@@ -26,7 +26,6 @@ learned by an autoregressive model"). `pretrained` loads the book's models, trai
 """
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -35,7 +34,10 @@ import torch
 from torch import nn
 
 from lib.checks import float_tensor, one_of, positive_int
-from lib.pixelcnn import categorical_nll
+from lib.data import digits
+from lib.device import seed_everything
+from lib.pixelcnn import GatedPixelCNN, categorical_nll, nll
+from lib.train import fit, fit_early_stopping, retrain_main
 
 CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
 
@@ -341,9 +343,6 @@ def train_vqvae(name: str = "ema-restart", *, steps: int | None = None, seed: in
     Returns ``(model, history)``: the per-step terms of `VQVAE.loss` ("rec", "perplexity",
     "used", ...), as fit records them.
     """
-    from lib.data import digits
-    from lib.device import seed_everything
-    from lib.train import fit
 
     one_of("name", name, CONFIGS)
     seed_everything(seed)
@@ -356,7 +355,6 @@ def train_vqvae(name: str = "ema-restart", *, steps: int | None = None, seed: in
 
 def make_prior(n_codes: int):
     """The unconditional `lib.pixelcnn.GatedPixelCNN` with K = ``n_codes`` levels used as the prior."""
-    from lib.pixelcnn import GatedPixelCNN
 
     return GatedPixelCNN(n_codes, PRIOR["channels"], PRIOR["layers"], kernel_size=PRIOR["kernel_size"],
                          dropout=PRIOR["dropout"])
@@ -366,33 +364,17 @@ def train_prior(codes: torch.Tensor, val_codes: torch.Tensor, n_codes: int, *, s
                 seed: int = 0, eval_every: int = 50, progress=None):
     """Fit the PixelCNN prior to grids of code indices (n, 4, 4) by maximum likelihood (eq-vq-prior).
 
-    AdamW through `lib.train.fit`, in rounds of ``eval_every`` steps; the weights with the best
-    validation NLL are kept. Returns ``(prior, history)`` with "train" (per step, nats per grid),
-    "val_step" and "val" (nats per grid).
+    AdamW with a cosine decay, through `lib.train.fit_early_stopping`: the weights with the best
+    validation NLL are kept. Returns ``(prior, history)``; history has, per round of
+    ``eval_every`` steps, "step", "train" and "val" (nats per grid).
     """
-    from lib.device import seed_everything
-    from lib.pixelcnn import nll
-    from lib.train import fit
-
     seed_everything(seed)
     prior = make_prior(n_codes).to(codes.device)
-    steps = PRIOR["steps"] if steps is None else steps
     optimizer = torch.optim.AdamW(prior.parameters(), lr=PRIOR["lr"], weight_decay=PRIOR["weight_decay"])
-    best, best_state, train, val, val_step = math.inf, None, [], [], []
-    for round_ in range(steps // eval_every):
-        for group in optimizer.param_groups:      # cosine decay of the learning rate over the run
-            group["lr"] = PRIOR["lr"] * 0.5 * (1 + math.cos(math.pi * round_ / (steps // eval_every)))
-        history = fit(prior, codes, steps=eval_every, batch_size=PRIOR["batch_size"], optimizer=optimizer,
-                      seed=seed + round_, progress=progress)
-        train.append(history["loss"])
-        value = nll(prior, val_codes).item()
-        val.append(value)
-        val_step.append((round_ + 1) * eval_every)
-        if value < best:
-            best, best_state = value, {k: v.detach().clone() for k, v in prior.state_dict().items()}
-    prior.load_state_dict(best_state)
-    prior.eval()
-    return prior, {"train": torch.cat(train), "val_step": torch.tensor(val_step), "val": torch.tensor(val)}
+    history = fit_early_stopping(prior, (codes,), (val_codes,), nll, steps=PRIOR["steps"] if steps is None else steps,
+                                 every=eval_every, batch_size=PRIOR["batch_size"], optimizer=optimizer,
+                                 schedule="cosine", seed=seed, progress=progress, desc="prior")
+    return prior, history
 
 
 def _path(name: str) -> Path:
@@ -406,7 +388,6 @@ def _half(state: dict) -> dict:
 def retrain(names=None, *, progress=None) -> None:
     """Train the named VQ-VAEs (default: all of CONFIGS) and, with "ema-restart", its PixelCNN
     prior; write lib/checkpoints/07-vq-<name>.pt (float16 weights, float32 histories)."""
-    from lib.data import digits
 
     names = list(CONFIGS) if not names else list(names)
     CHECKPOINTS.mkdir(parents=True, exist_ok=True)
@@ -447,8 +428,6 @@ def pretrained_prior(*, device=None):
 
 def _retrain_and_report(names) -> None:
     """Train the named VQ-VAEs (and, with "ema-restart", the prior), save them, print test numbers."""
-    from lib.data import digits
-    from lib.pixelcnn import nll
 
     x_test, _ = digits("test")
     for name in names:
@@ -465,7 +444,6 @@ def _retrain_and_report(names) -> None:
 
 
 if __name__ == "__main__":
-    from lib.train import retrain_main
 
     retrain_main("Train the book's VQ-VAEs (and the PixelCNN prior) into lib/checkpoints/07-vq-*.pt", CONFIGS,
                  _retrain_and_report)

@@ -222,7 +222,7 @@ def test_pretrained_digits_models_load_and_reach_their_goal(name, levels, goal):
 
     model_, history = pretrained(name)
     assert model_.levels == levels and not model_.training
-    assert history["train"].dim() == 1 and len(history["val"]) == len(history["val_step"])
+    assert history["train"].dim() == 1 and len(history["train"]) == len(history["val"]) == len(history["step"])
     x, _ = digits("test", binarize=levels == 2)
     test_nll = nll(model_, x).item()
     assert test_nll < (goal if goal else 64 * math.log(2))   # beats intro_dgm's ARM / beats coin flips

@@ -2,7 +2,6 @@
 CDFs for implicit gradients, relaxed categoricals), closed-form gradients and variances."""
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.distributions as D
