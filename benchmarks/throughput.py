@@ -8,8 +8,11 @@
 The textbook loop is what most course notebooks do: a `DataLoader` over a `TensorDataset` on the
 CPU, a `.to(device)` per batch and `loss.item()` every step. `lib.train.fit` keeps the data on
 the device, draws minibatches by indexing, and keeps the loss history there until the end. Both
-train the same model (same seed, same batch size, same number of steps) on the same data; the
-table reports samples per second and their ratio. Each is run once to warm up, then timed.
+train the same model (same initial weights, same batch size, same number of steps) on the same
+data; the table reports samples per second and their ratio. Each is run once to warm up, then timed.
+A second table measures `fit`'s options against plain `fit`: a per-step ``.item()`` (the host
+sync that `fit` avoids), bfloat16 autocast (``autocast=True``) and ``torch.compile``
+(``compiled=True``).
 
 Models: the digits VAE of chapter 04 (Bernoulli, MLP) and the gated PixelCNN of chapter 09. With
 ``--size mnist`` the images are 28x28: the local MNIST images when ``--mnist`` names an IDX file
@@ -101,21 +104,41 @@ def timed(run, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def throughput(name: str, make, x: torch.Tensor, *, steps: int, batch_size: int, device: torch.device) -> list:
+LOOPS = {                                    # name in the tables -> how the model is trained
+    "textbook": "the textbook loop",
+    "fit": "lib.train.fit",
+    "item": "fit + .item() per step",
+    "bf16": "fit(autocast=True)",
+    "compile": "fit(compiled=True)",
+}
+
+
+def synced(model):
+    """``model.loss`` followed by a ``.item()``: the host sync of a loop that logs every step."""
+    def loss(*batch):
+        terms = model.loss(*batch)
+        terms["loss"].item()
+        return terms
+    return loss
+
+
+def throughput(make, x: torch.Tensor, *, steps: int, batch_size: int, device: torch.device) -> dict:
+    """Samples per second of every loop in LOOPS, each from the same initial weights."""
     x_device = x.to(device)
-    seconds = {}
-    for loop in ("textbook", "lib.train.fit"):
-        def run(steps=steps):
-            model = make().to(device)
+    model = make().to(device)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    rate = {}
+    for loop in LOOPS:
+        def run(n):
+            model.load_state_dict(initial)
             if loop == "textbook":
-                textbook_loop(model, x, steps=steps, batch_size=batch_size, device=device)
+                textbook_loop(model, x, steps=n, batch_size=batch_size, device=device)
             else:
-                fit(model, x_device, steps=steps, batch_size=batch_size)
-        run(steps=min(steps, 20))                      # warm-up: allocator, kernels, caches
-        seconds[loop] = timed(run, device)
-    rate = {loop: steps * batch_size / s for loop, s in seconds.items()}
-    return [name, f"{tuple(x.shape[1:])}", steps, batch_size, rate["textbook"], rate["lib.train.fit"],
-            rate["lib.train.fit"] / rate["textbook"]]
+                fit(model, x_device, steps=n, batch_size=batch_size, loss=synced(model) if loop == "item" else None,
+                    autocast=loop == "bf16", compiled=loop == "compile")
+        run(min(steps, 20))                     # warm-up: allocator, kernels, caches, compilation
+        rate[loop] = steps * batch_size / timed(lambda: run(steps), device)
+    return rate
 
 
 def sampling(device: torch.device) -> list[list]:
@@ -141,15 +164,24 @@ def main(argv=None) -> None:
         torch.set_num_threads(1)  # the models are small: one thread is the fastest setting here
     x = images(args.size, args.mnist)
     side = x.shape[-1]
-    rows = [throughput("VAE (ch. 04)", lambda: vae(side), x, steps=args.steps, batch_size=100, device=device),
-            throughput("gated PixelCNN (ch. 09)", lambda: pixelcnn(side), x, steps=max(args.steps // 5, 20),
-                       batch_size=64 if side == 8 else 32, device=device)]
-    title = f"Training throughput, {device.type}, {args.size}"
-    write_section(title, [
+    models = {"VAE (ch. 04)": (lambda: vae(side), args.steps, 100),
+              "gated PixelCNN (ch. 09)": (lambda: pixelcnn(side), max(args.steps // 5, 20), 64 if side == 8 else 32)}
+    goal, options = [], []
+    for name, (make, steps, batch_size) in models.items():
+        rate = throughput(make, x, steps=steps, batch_size=batch_size, device=device)
+        goal.append([name, f"{tuple(x.shape[1:])}", steps, batch_size, rate["textbook"], rate["fit"],
+                     rate["fit"] / rate["textbook"]])
+        options.append([name, rate["fit"], *(f"{rate[k]:.3g} ({rate[k] / rate['fit']:.2f}x)"
+                                             for k in ("item", "bf16", "compile"))])
+    write_section(f"Training throughput, {device.type}, {args.size}", [
         machine(device), "",
-        *table(["model", "image", "steps", "batch", "textbook loop (samples/s)", "lib.train.fit (samples/s)",
-                "ratio"], rows),
-        "", "Goal on the CPU: lib.train.fit at least 2x the textbook loop."])
+        *table(["model", "image", "steps", "batch", f"{LOOPS['textbook']} (samples/s)", f"{LOOPS['fit']} (samples/s)",
+                "ratio"], goal),
+        "", "Goal on the CPU: lib.train.fit at least 2x the textbook loop.", "",
+        *table(["model", f"{LOOPS['fit']} (samples/s)", *(f"{LOOPS[k]} (samples/s, vs fit)"
+                                                          for k in ("item", "bf16", "compile"))], options),
+        "", "The same steps as above. `.item()` per step: the cost of one host sync per step. "
+            "autocast: bfloat16 autocast; compiled: torch.compile (compilation excluded: it happens in the warm-up)."])
     if not args.no_sampling:
         write_section(f"PixelCNN sampling, {device.type}", [
             machine(device), "",

@@ -60,12 +60,16 @@ def minimise(objective, parameters, *, steps: int, lr: float = 1e-3, optimizer=N
 
 def fit(model: torch.nn.Module, *data: torch.Tensor, steps: int, batch_size: int = 100,
         lr: float = 1e-3, loss=None, seed: int = 0, progress=None, desc: str | None = None,
-        optimizer=None) -> dict[str, torch.Tensor]:
+        optimizer=None, autocast: bool = False, compiled: bool = False) -> dict[str, torch.Tensor]:
     """Train ``model`` on in-memory tensors with minibatches; return the loss history.
 
     data: one or more tensors with the same first dimension (e.g. ``x`` or ``x, y``), on the
           device the model lives on. Each epoch visits them in a fresh seeded order.
     loss: ``loss(*batch) -> dict`` with a ``"loss"`` entry; defaults to ``model.loss``.
+    autocast: compute the loss under bfloat16 autocast on the data's device (matrix products
+              in bf16, reductions in float32; the backward pass follows). It pays on GPUs with
+              bf16 tensor cores, and costs on CPUs without bf16 units: benchmarks/RESULTS.md.
+    compiled: run the loss through ``torch.compile``; the first step pays for the compilation.
     """
     if not data:
         raise ValueError("fit needs at least one data tensor")
@@ -77,6 +81,8 @@ def fit(model: torch.nn.Module, *data: torch.Tensor, steps: int, batch_size: int
     if not isinstance(batch_size, int) or not 0 < batch_size <= n:
         raise ValueError(f"batch_size must be an int in 1..{n}, got {batch_size!r}")
     loss = model.loss if loss is None else loss
+    if compiled:
+        loss = torch.compile(loss)
     device = data[0].device
     generator = torch.Generator(device=device).manual_seed(seed)
     batches_per_epoch = n // batch_size
@@ -88,7 +94,8 @@ def fit(model: torch.nn.Module, *data: torch.Tensor, steps: int, batch_size: int
         if k == 0:
             order = torch.randperm(n, device=device, generator=generator)
         index = order[k * batch_size:(k + 1) * batch_size]
-        return loss(*(tensor[index] for tensor in data))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            return loss(*(tensor[index] for tensor in data))
 
     model.train()
     history = minimise(objective, model.parameters(), steps=steps, lr=lr, optimizer=optimizer,

@@ -1,4 +1,6 @@
 """lib.device, lib.data, lib.train and lib.plot."""
+import math
+
 import matplotlib.pyplot as plt
 import pytest
 import torch
@@ -6,7 +8,7 @@ import torch
 from lib.data import digits, toy2d, toy2d_modes
 from lib.device import default_device, seed_everything
 from lib.plot import curves, density_2d, image_grid, latent_manifold, results_table, scatter_2d
-from lib.train import fit, minimise
+from lib.train import fit, fit_early_stopping, minimise
 
 
 # ---------------------------------------------------------------------------- device
@@ -124,6 +126,76 @@ def test_cosine_schedule_settles_a_noisy_objective():
     noisy = lambda step: {"loss": (w - 3 - torch.randn(64).mean()).pow(2).sum()}  # noqa: E731
     minimise(noisy, [w], steps=800, lr=0.1, schedule="cosine")
     assert abs(w.item() - 3) < 0.03
+
+
+def test_early_stopping_follows_the_cosine_schedule_and_stops_with_patience():
+    x, y = regression_data()
+    model = Linear()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.08)
+    seen_lr, weights = [], []
+    scores = iter([5.0, 3.0, 1.0, 2.0, 4.0, 0.5, 0.1])      # best after round 3, then two worse rounds
+
+    def score(model_, *val):
+        seen_lr.append(optimizer.param_groups[0]["lr"])
+        weights.append(model_.w.detach().clone())
+        return torch.tensor(next(scores))
+
+    history = fit_early_stopping(model, (x, y), (x, y), score, steps=70, every=10, patience=2, optimizer=optimizer,
+                                 schedule="cosine", batch_size=50)
+    assert history["step"].tolist() == [10, 20, 30, 40, 50]                 # patience 2 after the best round
+    assert history["val"].tolist() == [5.0, 3.0, 1.0, 2.0, 4.0] and len(history["train"]) == 5
+    expected = [0.08 * (1 + math.cos(math.pi * r / 7)) / 2 for r in range(5)]
+    assert seen_lr == pytest.approx(expected)
+    assert torch.equal(model.w.detach(), weights[2])                          # the best round's weights
+    with pytest.raises(ValueError, match="schedule must be"):
+        fit_early_stopping(model, (x, y), (x, y), score, steps=10, every=10, schedule="step")
+
+
+def test_fit_bf16_autocast_runs_the_products_in_bf16_and_matches_float32():
+    x, y = regression_data()
+    histories, dtypes = {}, []
+    for autocast in (False, True):
+        model = Linear()
+
+        def loss(x_, y_):
+            prediction = x_ @ model.w
+            dtypes.append(prediction.dtype)
+            return {"loss": (prediction.float() - y_).pow(2).mean()}
+
+        histories[autocast] = fit(model, x, y, steps=300, batch_size=50, lr=0.05, loss=loss, autocast=autocast)
+        torch.testing.assert_close(model.w.detach(), torch.tensor([1.0, -2.0, 0.5]), atol=2e-2, rtol=0)
+    assert set(dtypes[:300]) == {torch.float32} and set(dtypes[300:]) == {torch.bfloat16}
+    torch.testing.assert_close(histories[True]["loss"][:5], histories[False]["loss"][:5], rtol=2e-2, atol=0)
+
+
+def test_fit_compiled_gives_the_eager_numbers():
+    x, y = regression_data()
+    histories = []
+    for compiled in (False, True):
+        model = Linear()
+        histories.append(fit(model, x, y, steps=30, batch_size=50, lr=0.05, compiled=compiled)["loss"])
+    torch.testing.assert_close(histories[1], histories[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_fit_makes_no_host_sync_per_step_on_cuda():
+    """Syncs (reported by CUDA's sync debug mode) must not grow with the number of steps: the only
+    ones allowed are at the end, when the history is copied to the CPU."""
+    import warnings
+
+    x, y = (t.cuda() for t in regression_data())
+    counts = []
+    for steps in (5, 50):
+        model = Linear().cuda()
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                fit(model, x, y, steps=steps, batch_size=50)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        counts.append(sum("synchroniz" in str(w.message) for w in caught))
+    assert counts[0] == counts[1], counts
 
 
 # ---------------------------------------------------------------------------- plot
