@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from lib.checks import float_tensor, one_of, positive_int
 from lib.data import TOY2D_STD, digits, toy2d, toy2d_modes
-from lib.train import show_progress
+from lib.train import retrain_main, show_progress
 from lib.vae import mlp
 
 GENERATOR_LOSSES = ("non-saturating", "saturating")
@@ -139,12 +139,14 @@ class GAN(torch.nn.Module):
     logit per pack (eq-gan-pack). ``out="tanh"`` squashes samples into (-1, 1) (images); the
     default output is linear (toy data). ``scale`` is a fixed change of units: the generator's
     output is multiplied by it and the discriminator's input divided by it, so that both
-    networks work with data of size about 1 (the grid spans [-4, 4]).
+    networks work with data of size about 1 (the grid spans [-4, 4]). ``batch_norm=True`` gives
+    the generator BatchNorm and ReLU after each hidden linear layer, as in the PacGAN paper's
+    toy generators; the model must then be in eval mode to sample with the running statistics.
     """
 
     def __init__(self, data_dim: int, *, latent_dim: int = 2, hidden: int = 128, depth: int = 2,
                  d_hidden: int | None = None, d_depth: int | None = None, pack: int = 1, out: str = "linear",
-                 scale: float = 1.0, seed: int = 0):
+                 scale: float = 1.0, batch_norm: bool = False, seed: int = 0):
         super().__init__()
         for name, value in (("data_dim", data_dim), ("latent_dim", latent_dim), ("hidden", hidden),
                             ("depth", depth), ("pack", pack)):
@@ -157,7 +159,8 @@ class GAN(torch.nn.Module):
         self.data_dim, self.latent_dim, self.pack, self.out, self.scale = data_dim, latent_dim, pack, out, float(scale)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.generator = mlp([latent_dim] + [hidden] * depth + [data_dim], activation=leaky_relu)
+            self.generator = mlp([latent_dim] + [hidden] * depth + [data_dim],
+                                 activation=torch.nn.ReLU if batch_norm else leaky_relu, batch_norm=batch_norm)
             self.discriminator = mlp([data_dim * pack] + [d_hidden] * d_depth + [1], activation=leaky_relu)
 
     def generate(self, z: torch.Tensor) -> torch.Tensor:
@@ -229,8 +232,10 @@ def train_gan(model: GAN, x: torch.Tensor, *, steps: int, batch_size: int = 100,
 
     def snapshot(step):
         if step in snapshots:
+            model.eval()                             # what sampling will show (BatchNorm's running statistics)
             with torch.no_grad():
                 shots[step] = model.generate(z_fixed)
+            model.train()
 
     model.train()
     for step in tqdm(range(steps), desc=desc, disable=not show_progress(progress), leave=False):
@@ -290,44 +295,50 @@ def mode_coverage(samples: torch.Tensor, name: str, *, threshold: float = 3.0, m
 TOY_SEEDS = (0, 1, 2)
 TOY_PACKS = (1, 2)                       # 1: the plain GAN, 2: PacGAN2
 TOY_SCALE = {"ring": 1.0, "grid": 2.0 * math.sqrt(2.0)}   # the data's standard deviation per coordinate
-TOY_MODEL = dict(latent_dim=2, hidden=128, depth=3, d_hidden=128, d_depth=2)
-TOY_TRAINING = {                         # the same for GAN and PacGAN2; the grid needs a stronger discriminator
-    "ring": dict(steps=15_000, batch_size=256, lr=5e-4, schedule="cosine"),
-    "grid": dict(steps=20_000, batch_size=256, lr=1e-3, d_lr=2e-3, d_steps=2, schedule="cosine"),
+_MLPS = dict(latent_dim=2, hidden=128, depth=3, d_hidden=128, d_depth=2)
+_GRID_TRAINING = dict(steps=20_000, batch_size=256, lr=1e-3, d_lr=2e-3, d_steps=2, schedule="cosine")
+TOY_EXPERIMENTS = {                      # name -> data set, model and training, the same for GAN and PacGAN2
+    "ring": dict(data="ring", model=_MLPS, training=dict(steps=15_000, batch_size=256, lr=5e-4, schedule="cosine")),
+    "grid": dict(data="grid", model=_MLPS, training=_GRID_TRAINING),    # a stronger discriminator than the ring's
+    "grid-bn": dict(data="grid", model=_MLPS | dict(batch_norm=True), training=_GRID_TRAINING),
 }
-TOY_SNAPSHOTS = {name: (0, 500, 1000, 2500, 5000, settings["steps"]) for name, settings in TOY_TRAINING.items()}
+TOY_SNAPSHOTS = (0, 500, 1000, 2500, 5000)  # and the last step
 TOY_HISTORY_EVERY = 100                  # loss histories are stored as means over blocks of 100 steps
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 
 
 def toy_gan(name: str, pack: int, seed: int) -> GAN:
-    """The GAN (pack = 1) or PacGAN2 (pack = 2) used for the ring and grid in book/08-gan.md."""
-    one_of("name", name, TOY2D_STD)
-    return GAN(2, **TOY_MODEL, pack=pack, scale=TOY_SCALE[name], seed=seed)
+    """The GAN (pack = 1) or PacGAN2 (pack = 2) of the experiment ``name`` in book/08-gan.md:
+    "ring", "grid" or "grid-bn" (the grid with a batch-normalised generator)."""
+    one_of("name", name, TOY_EXPERIMENTS)
+    experiment = TOY_EXPERIMENTS[name]
+    return GAN(2, **experiment["model"], pack=pack, scale=TOY_SCALE[experiment["data"]], seed=seed)
 
 
 def _checkpoint(name: str) -> Path:
-    """lib/checkpoints/08-toy-ring.pt, 08-toy-grid.pt, 08-digits.pt"""
-    return CHECKPOINT_DIR / (f"08-toy-{name}.pt" if name in TOY2D_STD else f"08-{name}.pt")
+    """lib/checkpoints/08-toy-<experiment>.pt or 08-digits.pt"""
+    return CHECKPOINT_DIR / (f"08-toy-{name}.pt" if name in TOY_EXPERIMENTS else f"08-{name}.pt")
 
 
 def train_toy_gans(name: str, *, seeds=TOY_SEEDS, progress=None) -> dict:
-    """Train GAN and PacGAN2 on one toy set (``"ring"`` or ``"grid"``) for every seed.
+    """Train GAN and PacGAN2 in one toy experiment (a key of TOY_EXPERIMENTS) for every seed.
 
     Returns the state stored in ``lib/checkpoints/08-toy-<name>.pt``: for each run
     ``"<pack>/<seed>"`` the generator's state_dict, the coverage measured right after training,
     the loss history (means over blocks of 100 steps) and 500 samples at a few steps of training.
     """
-    x = toy2d(name, 100_000, seed=123)
+    one_of("name", name, TOY_EXPERIMENTS)
+    data, training = TOY_EXPERIMENTS[name]["data"], TOY_EXPERIMENTS[name]["training"]
+    x = toy2d(data, 100_000, seed=123)
     state = {"generators": {}, "coverage": {}, "history": {}, "snapshots": {}}
     for pack in TOY_PACKS:
         for seed in seeds:
             key = f"{pack}/{seed}"
             model = toy_gan(name, pack, seed)
-            history = train_gan(model, x, **TOY_TRAINING[name], seed=seed, progress=progress, desc=f"{name} {key}",
-                                snapshots=TOY_SNAPSHOTS[name])
+            history = train_gan(model, x, **training, seed=seed, progress=progress, desc=f"{name} {key}",
+                                snapshots=(*TOY_SNAPSHOTS, training["steps"]))
             state["generators"][key] = model.generator.state_dict()
-            cover = mode_coverage(model.sample(2500, generator=torch.Generator().manual_seed(seed)), name)
+            cover = mode_coverage(model.sample(2500, generator=torch.Generator().manual_seed(seed)), data)
             state["coverage"][key] = torch.tensor([cover["modes"], cover["high_quality"]])
             state["history"][key] = {k: history[k].reshape(-1, TOY_HISTORY_EVERY).mean(1)
                                      for k in ("d_loss", "g_loss", "d_real", "d_fake")}
@@ -336,8 +347,8 @@ def train_toy_gans(name: str, *, seeds=TOY_SEEDS, progress=None) -> dict:
     return state
 
 
-def load_toy_gans(names=("ring", "grid")) -> dict:
-    """Load the trained ring and grid GANs (see `train_toy_gans`).
+def load_toy_gans(names=tuple(TOY_EXPERIMENTS)) -> dict:
+    """Load the trained GANs of the toy experiments (see `train_toy_gans`).
 
     Returns ``{"models": {(name, pack, seed): GAN in eval mode}, "runs": {(name, pack, seed):
     {"coverage": (modes, high-quality fraction) at training time, "history": {...} with a
@@ -411,8 +422,8 @@ def load_digits_gans() -> dict:
     return models
 
 
-def retrain(names=("digits", "grid", "ring")) -> None:
-    """Train the digits GANs and the toy GANs of each named set, and overwrite their checkpoints."""
+def retrain(names=("digits", *TOY_EXPERIMENTS)) -> None:
+    """Train the digits GANs and the GANs of each named toy experiment; overwrite their checkpoints."""
     CHECKPOINT_DIR.mkdir(exist_ok=True)
     for name in names:
         if name == "digits":
@@ -425,6 +436,5 @@ def retrain(names=("digits", "grid", "ring")) -> None:
 
 
 if __name__ == "__main__":
-    from lib.train import retrain_main
 
-    retrain_main("Train the GANs of book/08-gan.md into lib/checkpoints/08-*.pt", ["digits", *sorted(TOY2D_STD)], retrain)
+    retrain_main("Train the GANs of book/08-gan.md into lib/checkpoints/08-*.pt", ["digits", *TOY_EXPERIMENTS], retrain)

@@ -92,13 +92,14 @@ def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, samples: int | None =
 # Encoders and decoders: networks that output the parameters of a distribution
 
 
-def mlp(sizes, activation=nn.LeakyReLU) -> nn.Sequential:
-    """Linear layers of the given sizes with an activation between them (none after the last)."""
+def mlp(sizes, activation=nn.LeakyReLU, *, batch_norm: bool = False) -> nn.Sequential:
+    """Linear layers of the given sizes with an activation between them (none after the last);
+    ``batch_norm`` puts a BatchNorm1d before each activation."""
     layers = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2:
-            layers.append(activation())
+            layers += [nn.BatchNorm1d(b), activation()] if batch_norm else [activation()]
     return nn.Sequential(*layers)
 
 
