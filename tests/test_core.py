@@ -169,33 +169,46 @@ def test_fit_bf16_autocast_runs_the_products_in_bf16_and_matches_float32():
 
 
 def test_fit_compiled_gives_the_eager_numbers():
+    from torch._dynamo.utils import counters
+
     x, y = regression_data()
     histories = []
+    counters.clear()
     for compiled in (False, True):
         model = Linear()
         histories.append(fit(model, x, y, steps=30, batch_size=50, lr=0.05, compiled=compiled)["loss"])
+    assert counters["stats"]["unique_graphs"] >= 1          # the loss really went through torch.compile
     torch.testing.assert_close(histories[1], histories[0], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.gpu
 def test_fit_makes_no_host_sync_per_step_on_cuda():
     """Syncs (reported by CUDA's sync debug mode) must not grow with the number of steps: the only
-    ones allowed are at the end, when the history is copied to the CPU."""
+    ones allowed are at the end, when the history is copied to the CPU. A loss that logs with
+    .item() shows that the count does see per-step syncs."""
     import warnings
 
     x, y = (t.cuda() for t in regression_data())
-    counts = []
-    for steps in (5, 50):
+
+    def syncs(steps, log_every_step=False):
         model = Linear().cuda()
+
+        def logged(*batch):
+            terms = model.loss(*batch)
+            terms["loss"].item()
+            return terms
+
         torch.cuda.set_sync_debug_mode("warn")
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                fit(model, x, y, steps=steps, batch_size=50)
+                fit(model, x, y, steps=steps, batch_size=50, loss=logged if log_every_step else None)
         finally:
             torch.cuda.set_sync_debug_mode("default")
-        counts.append(sum("synchroniz" in str(w.message) for w in caught))
-    assert counts[0] == counts[1], counts
+        return sum("synchroniz" in str(w.message) for w in caught)
+
+    assert syncs(5) == syncs(50)
+    assert syncs(50, log_every_step=True) >= syncs(5, log_every_step=True) + 45
 
 
 # ---------------------------------------------------------------------------- plot
