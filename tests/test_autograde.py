@@ -91,7 +91,11 @@ def probe_course(tmp_path_factory):
     (root / "solutions" / A).mkdir(parents=True)
     nbformat.write(probe_source(), root / "solutions" / A / f"{A}.ipynb")
     config = (ROOT / "nbgrader_config.py").read_text()
-    (root / "nbgrader_config.py").write_text(config + "\nc.Execute.timeout = 5\nc.GradingExecute.notebook_timeout = 60\nc.Execute.iopub_timeout = 4\n")
+    # Short limits keep the hostile probes quick. The cell limit leaves a margin for a cell graded
+    # while the fork bomb in the other worker (--jobs 2) holds both CPU cores: at 5 s, the "hog"
+    # probe once timed out in CI before its MemoryError.
+    (root / "nbgrader_config.py").write_text(config + "\nc.Execute.timeout = 10\nc.GradingExecute.notebook_timeout = 60\n"
+                                             "c.Execute.iopub_timeout = 4\n")
     run(root, "release")
     return root
 
