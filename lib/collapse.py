@@ -41,7 +41,7 @@ from torch.nn import functional as F
 
 from lib.checks import float_tensor, gaussian_parameters, one_of, positive_int
 from lib.data import digits
-from lib.train import fit, minimise, retrain_main
+from lib.train import BestWeights, fit, minimise, retrain_main
 from lib.vae import (VAE, GaussianEncoder, elbo_terms, gaussian_kl_to_standard, log_likelihood_is, make_decoder,
                      mlp_encoder_net, reparameterize, validation_neg_elbo)
 
@@ -391,7 +391,7 @@ class _Tracker:
 
     def __init__(self, model, x_val, seed):
         self.model, self.x_val, self.seed = model, x_val, seed
-        self.rows, self.best, self.best_state = [], math.inf, None
+        self.rows, self.best = [], BestWeights(model)
 
     def __call__(self, step):
         model = self.model
@@ -403,14 +403,11 @@ class _Tracker:
             mi = mutual_information(mu, logvar, generator=generator).item()
             val = validation_neg_elbo(model, self.x_val, samples=5, seed=self.seed).item()
         self.rows.append((step, val, kl, mi, active_units(mu)))
-        if val < self.best:
-            self.best = val
-            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.best.update(val)
         model.train()
 
     def finish(self, history: dict) -> dict:
-        if self.best_state is not None:
-            self.model.load_state_dict(self.best_state)
+        self.best.restore()
         self.model.eval()
         rows = torch.tensor(self.rows, dtype=torch.float32).reshape(-1, 5)
         history = {k: v for k, v in history.items()}

@@ -104,6 +104,26 @@ def fit(model: torch.nn.Module, *data: torch.Tensor, steps: int, batch_size: int
     return history
 
 
+class BestWeights:
+    """A copy of ``model``'s weights from the round with the lowest score so far (early stopping
+    by model selection): ``update(score)`` after each evaluation, ``restore()`` at the end."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model, self.best, self.state = model, math.inf, None
+
+    def update(self, score: float) -> bool:
+        """Keep the weights if ``score`` is a new best; return whether it was."""
+        if score >= self.best:
+            return False
+        self.best = score
+        self.state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        return True
+
+    def restore(self) -> None:
+        if self.state is not None:
+            self.model.load_state_dict(self.state)
+
+
 def fit_early_stopping(model: torch.nn.Module, train: tuple, val: tuple, score, *, steps: int, every: int = 100,
                        patience: int | None = None, lr: float = 1e-3, batch_size: int = 100, optimizer=None,
                        schedule: str = "constant", seed: int = 0, progress=None,
@@ -126,7 +146,7 @@ def fit_early_stopping(model: torch.nn.Module, train: tuple, val: tuple, score, 
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
     initial_lr = [group["lr"] for group in optimizer.param_groups]
     rounds = steps // every
-    best, best_state, since_best = math.inf, None, 0
+    best, since_best = BestWeights(model), 0
     history = {"step": [], "train": [], "val": []}
     for round_ in tqdm(range(rounds), desc=desc, disable=not show_progress(progress), leave=False):
         if schedule == "cosine":
@@ -138,15 +158,13 @@ def fit_early_stopping(model: torch.nn.Module, train: tuple, val: tuple, score, 
         history["step"].append((round_ + 1) * every)
         history["train"].append(losses["loss"].mean().item())
         history["val"].append(value)
-        if value < best:
-            best, since_best = value, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if best.update(value):
+            since_best = 0
         else:
             since_best += 1
             if patience is not None and since_best >= patience:
                 break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    best.restore()
     return {k: torch.tensor(v, dtype=torch.float32) for k, v in history.items()}
 
 
