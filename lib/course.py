@@ -56,10 +56,13 @@ def invalidate_stale_cache(root: Path) -> bool:
 
 
 def build_book(root: Path) -> int:
-    if invalidate_stale_cache(root):
-        print("lib/ changed since the last build: cleared the execution cache")
+    """jupyter-book build. After a change to lib/, every page is re-read (``--all``) as well:
+    with an empty cache alone, Sphinx would still keep the old output of every unchanged page."""
+    stale = invalidate_stale_cache(root)
+    if stale:
+        print("lib/ changed since the last build: cleared the execution cache and re-executing every page")
     command = [str(BIN / "jupyter-book"), "build", str(root), "--builder", "html",
-               "--warningiserror", "--keep-going"]
+               "--warningiserror", "--keep-going", *(["--all"] if stale else [])]
     return subprocess.call(command, cwd=root, env=ENV)
 
 

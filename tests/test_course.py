@@ -444,3 +444,16 @@ def test_book_cache_is_cleared_when_lib_changes(tmp_path):
     assert not course.invalidate_stale_cache(tmp_path) and cache.exists()  # unchanged lib: keep
     (tmp_path / "lib" / "kl.py").write_text("x = 2\n")
     assert course.invalidate_stale_cache(tmp_path) and not cache.exists()  # edited lib: clear
+
+
+def test_book_build_rereads_every_page_after_a_lib_change(tmp_path, monkeypatch):
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "kl.py").write_text("x = 1\n")
+    (tmp_path / "constraints.txt").write_text("torch==2.13.0\n")
+    commands = []
+    monkeypatch.setattr(course.subprocess, "call", lambda command, **kwargs: commands.append(command) or 0)
+    course.build_book(tmp_path)                       # first build: every page is new anyway
+    course.build_book(tmp_path)                       # nothing changed
+    (tmp_path / "lib" / "kl.py").write_text("x = 2\n")
+    course.build_book(tmp_path)                       # lib changed: unchanged pages must run again too
+    assert ["--all" in command for command in commands] == [False, False, True]
