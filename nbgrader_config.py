@@ -1,4 +1,11 @@
 """nbgrader settings for this course (read by every `make release/autograde/feedback/grades`)."""
+import os
+import sys
+from pathlib import Path
+
+# The grader (course/) is the course's own tooling, not an installed package.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 c = get_config()  # noqa: F821 (provided by nbgrader)
 
 c.CourseDirectory.course_id = "dgm"
@@ -8,12 +15,15 @@ c.CourseDirectory.release_directory = "notebooks"
 c.CourseDirectory.submitted_directory = "submitted"
 c.CourseDirectory.autograded_directory = "autograded"
 c.CourseDirectory.feedback_directory = "feedback"
-c.CourseDirectory.db_url = "sqlite:///gradebook.db"
+# The gradebook: DB_URL from the environment (e.g. postgresql://grader:PASSWORD@db.example.org/dgm,
+# for graders on several machines; README "Larger classes"), else SQLite in the course folder.
+c.CourseDirectory.db_url = os.environ.get("DB_URL") or "sqlite:///gradebook.db"
 
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
 c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
 
-# Autograding runs students' code: see lib/autograde.py and lib/sandbox.py.
+# Autograding runs students' code: see course/grader.py, course/autograde.py, course/sandbox.py.
+# The test cells run in nbgrader's process (course.grader.GradingExecute), never in the kernel.
 # The resource-limited kernel (written into the venv by `make autograde`).
 c.Execute.kernel_name = "dgm-grader"
 # Per-cell timeout (s): the cell is interrupted, gets an error and scores 0.
@@ -30,7 +40,7 @@ c.GradingExecute.max_outputs = 50
 c.GradingExecute.max_output_chars = 10_000
 c.LimitOutput.max_lines = 200
 c.Autograde.autograde_preprocessors = [
-    "lib.autograde.GradingExecute",
+    "course.grader.GradingExecute",
     "nbgrader.preprocessors.IgnorePattern",
     "nbconvert.preprocessors.ClearMetadataPreprocessor",
     "nbgrader.preprocessors.LimitOutput",
@@ -45,6 +55,6 @@ c.OverwriteCells.add_missing_cells = True
 # Feedback returned to students never shows hidden tests (nor tracebacks quoting them).
 c.GenerateFeedback.preprocessors = [
     "nbgrader.preprocessors.GetGrades",
-    "lib.course.RedactHiddenTests",
+    "course.publish.RedactHiddenTests",
     "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",
 ]

@@ -7,9 +7,12 @@ through four kinds of submission: correct (the solutions), blank (the release), 
 answered wrongly) and broken (invalid JSON). The class is graded once with ``--jobs 1`` and once
 with ``--jobs N`` (each from a fresh gradebook); the script prints seconds per notebook for each
 assignment and the speed-up, checks that both runs give the same scores, and writes the section
-"Autograde throughput" of benchmarks/RESULTS.md.
+"Autograde throughput" of benchmarks/RESULTS.md. It also executes every submitted notebook alone
+(nbclient, the plain python3 kernel, no grading): the grading overhead per notebook is the serial
+grading time minus that.
 """
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -24,7 +27,9 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.results import machine, table, write_section  # noqa: E402
 from tests.course_helpers import solution_answers, submission  # noqa: E402
 
-from lib.autograde import assignments, gradebook  # noqa: E402
+from course.autograde import assignments, gradebook  # noqa: E402
+
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}  # course/ runs from the repository root
 
 KINDS = ("correct", "blank", "wrong", "broken")
 
@@ -54,17 +59,33 @@ def reset(root: Path) -> None:
     for state in ("autograded", ".autograde", "gradebook.db"):
         target = root / state
         shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
-    subprocess.run([sys.executable, "-m", "lib.course", "release"], cwd=root, check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "course", "release"], cwd=root, check=True, capture_output=True,
+                   env=ENV)
 
 
 def grade(root: Path, jobs: int, only: str | None = None) -> float:
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "lib.course", "autograde", *([only] if only else []),
-                           "--jobs", str(jobs)], cwd=root, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "course", "autograde", *([only] if only else []),
+                           "--jobs", str(jobs)], cwd=root, capture_output=True, text=True, env=ENV)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(done.stdout + done.stderr)
     return seconds
+
+
+def execute_alone(root: Path) -> float:
+    """Seconds to run every submitted notebook (except the broken ones) in a plain kernel."""
+    from nbclient import NotebookClient
+
+    start = time.perf_counter()
+    for path in sorted((root / "submitted").glob("*/*/*.ipynb")):
+        try:
+            nb = nbformat.read(path, as_version=4)
+        except Exception:
+            continue
+        NotebookClient(nb, timeout=600, kernel_name="python3", allow_errors=True,
+                       resources={"metadata": {"path": str(path.parent)}}).execute()
+    return time.perf_counter() - start
 
 
 def scores(root: Path) -> dict[tuple[str, str], float]:
@@ -93,16 +114,19 @@ def main() -> None:
         reset(root)
         parallel = grade(root, args.jobs)
         assert scores(root) == serial_scores, "parallel grading must give the same scores"
+        alone = execute_alone(root)
     executed = notebooks // len(chosen)
     rows = ([[f"serial, {a}", t, t / executed] for a, t in per_assignment.items()]
             + [["serial (jobs=1), all", serial, serial / notebooks],
-               [f"parallel (jobs={args.jobs})", parallel, parallel / notebooks]])
+               [f"parallel (jobs={args.jobs})", parallel, parallel / notebooks],
+               ["executed alone (no grading)", alone, alone / notebooks]])
     write_section("Autograde throughput", [
         machine(), "",
         f"{args.students} students x {len(chosen)} assignments ({', '.join(chosen)}): {notebooks} notebooks "
         f"executed per run ({len(kinds) * len(chosen)} submissions; a quarter are broken JSON, not executed).", "",
         *table(["run", "seconds", "seconds per executed notebook"], rows), "",
-        f"Speed-up: {serial / parallel:.2f}x. Both runs gave identical scores."])
+        f"Speed-up: {serial / parallel:.2f}x. Both runs gave identical scores. Grading overhead: "
+        f"{(serial - alone) / notebooks:.1f} s per notebook (serial grading minus executing alone)."])
 
 
 if __name__ == "__main__":

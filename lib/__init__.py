@@ -7,10 +7,8 @@ One module per idea, each readable top to bottom like the chapter it serves:
     data      sklearn's bundled digits (fixed split) and toy 2-D sets
     train     one optimisation loop for every chapter
     plot      the book's figures
-    grading   helpers for the exercise notebooks' test cells
-    course    the instructor's commands (book, release, autograde, feedback, grades)
-    autograde grading a class: hardened nbgrader runs, resume, lock, parallel jobs
-    sandbox   the resource-limited kernel that runs students' code
+    grading   the exercise notebooks' test cells: checks, and the student kernel's half of
+              grading (runs a student's function for the grader, sends back plain data)
     kl        chapter 01: KL divergence
     vi        chapter 02: variational inference (CAVI, mean-field Ising)
     elbo      chapter 03: the evidence lower bound (EM, PPCA, IWAE)
@@ -20,4 +18,7 @@ One module per idea, each readable top to bottom like the chapter it serves:
     vq        chapter 07: vector-quantised VAE (codebook, straight-through, EMA, restarts)
     gan       chapter 08: adversarial training, the optimal discriminator, mode coverage
     pixelcnn  chapter 09: masked and gated PixelCNNs, causal sampling
+
+The instructor's tooling (book build, release, autograde, the grading sandbox) is not here: it
+is ``course/`` at the repository root, and ``lib`` never imports it or nbgrader.
 """

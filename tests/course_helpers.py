@@ -1,6 +1,9 @@
 """Reading nbgrader notebooks in tests: solution and hidden-test text, and making submissions."""
 import html
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -8,6 +11,16 @@ import nbformat
 ROOT = Path(__file__).resolve().parent.parent
 SOLUTION = re.compile(r"### BEGIN SOLUTION\n(.*?)### END SOLUTION", re.S)
 HIDDEN = re.compile(r"### BEGIN HIDDEN TESTS\n(.*?)### END HIDDEN TESTS", re.S)
+
+
+def course_command(root: Path, *args: str, popen: bool = False, **kwargs):
+    """``python -m course ARGS`` in the course ``root`` (a temporary copy, say), with this
+    repository's ``course/`` importable there, as ``make`` runs it from the repository root."""
+    command = [sys.executable, "-m", "course", *args]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if popen:
+        return subprocess.Popen(command, cwd=root, env=env, **kwargs)
+    return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, **kwargs)
 
 
 def assignments() -> list[str]:

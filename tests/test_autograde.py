@@ -1,4 +1,4 @@
-"""Autograding a class that hands in broken and hostile work (lib.autograde, lib.sandbox).
+"""Autograding a class that hands in broken and hostile work (course.autograde, course.sandbox).
 
 A temporary course with one small assignment ("probe": two tasks, 2 points each) is graded with
 submissions written here: hostile code runs before the first task's function is defined, so
@@ -17,7 +17,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from lib import autograde
+from course import autograde, sandbox
+from tests.course_helpers import course_command
 
 ROOT = Path(__file__).resolve().parent.parent
 A = "probe"
@@ -69,6 +70,18 @@ HOSTILE = {
 }
 
 
+# A function whose result cannot come back to the grader: 0 for its cell, with a message that
+# says what happened (the grader's process never unpickles or runs anything of the student's).
+UNGRADABLE = {
+    "opaque": ("def add(a, b):\n    return object()", "an object of type builtins.object"),
+    "subclass": ("import torch\nclass Sly(torch.Tensor):\n    pass\n"
+                 "def add(a, b):\n    return torch.tensor(a + b).as_subclass(Sly)", "a tensor subclass (Sly)"),
+    "huge": ("import torch\ndef add(a, b):\n    return torch.zeros(30_000_000)", "tensors of more than 100 MB"),
+    "generator": ("def add(a, b):\n    yield a + b", "a generator object"),
+    "endless": ("def add(a, b):\n    while True:\n        pass", "did not return within"),
+}
+
+
 def answers_notebook(root, add=RIGHT_ADD, square=RIGHT_SQUARE):
     nb = nbformat.read(root / "notebooks" / A / f"{A}.ipynb", as_version=4)
     for cell in nb.cells:
@@ -78,8 +91,7 @@ def answers_notebook(root, add=RIGHT_ADD, square=RIGHT_SQUARE):
 
 
 def run(root, *args, check=True):
-    done = subprocess.run([sys.executable, "-m", "lib.course", *args], cwd=root, capture_output=True, text=True,
-                          timeout=900)
+    done = course_command(root, *args, timeout=900)
     if check:
         assert done.returncode == 0, done.stdout + done.stderr
     return done
@@ -124,15 +136,28 @@ def edit_test(nb, source=None, points=None, delete=False):
 
 
 def processes_in(folder: Path) -> list[int]:
-    """Live processes whose working directory is inside ``folder`` (kernels run in autograded/)."""
-    found = []
+    """Live processes of this course's grading: their working directory, or an ancestor's, is
+    inside ``folder`` (nbgrader, the kernel supervisor) or is one of the course's private kernel
+    folders (``course.sandbox``)."""
+    prefix = sandbox.private_prefix(folder)
+    parents, ours = {}, set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if Path(os.readlink(entry / "cwd")).is_relative_to(folder):
-                    found.append(int(entry.name))
-            except OSError:
+                cwd = Path(os.readlink(entry / "cwd"))
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
                 continue
+            if cwd.is_relative_to(folder) or cwd.name.startswith(prefix):
+                ours.add(int(entry.name))
+    found = []
+    for pid in parents:
+        chain, current = 0, pid
+        while current in parents and chain < 100:
+            if current in ours:
+                found.append(pid)
+                break
+            current, chain = parents[current], chain + 1
     return found
 
 
@@ -145,6 +170,8 @@ def graded_class(probe_course):
                                             square="# YOUR CODE HERE\nraise NotImplementedError()"))
     for student, (code, _) in HOSTILE.items():
         hand_in(root, student, answers_notebook(root, add=code + "\n" + RIGHT_ADD))
+    for student, (code, _) in UNGRADABLE.items():
+        hand_in(root, student, answers_notebook(root, add=code))
     hand_in(root, "flooder", answers_notebook(root, add="print(('x' * 99 + '\\n') * 100_000)\n" + RIGHT_ADD))
     hand_in(root, "untester", edit_test(answers_notebook(root, add=wrong), delete=True))
     hand_in(root, "retester", edit_test(answers_notebook(root, add=wrong), source="pass", points=100))
@@ -184,6 +211,16 @@ def test_nothing_a_submission_started_is_left_running(graded_class):
     root, _ = graded_class
     time.sleep(1)
     assert processes_in(root) == []
+
+
+@pytest.mark.parametrize("student", sorted(UNGRADABLE))
+def test_a_result_that_cannot_come_back_scores_zero_with_the_reason(graded_class, student):
+    root, rows = graded_class
+    assert scores(root, student) == {"test_add": 0, "test_square": 2}, rows[student]
+    nb = nbformat.read(root / "autograded" / student / A / f"{A}.ipynb", as_version=4)
+    errors = [o for c in nb.cells if c.metadata["nbgrader"]["grade_id"] == "test_add" for o in c.outputs
+              if o.output_type == "error"]
+    assert errors and UNGRADABLE[student][1] in errors[0].evalue, errors
 
 
 def test_big_outputs_and_files_are_cut(graded_class):
@@ -236,7 +273,7 @@ def test_an_interrupted_run_keeps_the_gradebook_consistent_and_resumes(probe_cou
     shutil.copytree(probe_course, root, ignore=shutil.ignore_patterns("submitted", "autograded", ".autograde"))
     for i in range(4):
         hand_in(root, f"s{i}", answers_notebook(root))
-    process = subprocess.Popen([sys.executable, "-m", "lib.course", "autograde"], cwd=root, text=True,
+    process = course_command(root, "autograde", popen=True, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     records = root / ".autograde" / "graded"
     deadline = time.monotonic() + 300
@@ -253,3 +290,18 @@ def test_an_interrupted_run_keeps_the_gradebook_consistent_and_resumes(probe_cou
         assert "4/4" in rows[f"s{i}"], rows
         assert ("unchanged" in rows[f"s{i}"]) == (f"s{i}" in graded_before)
     assert processes_in(root) == []
+
+
+def test_nbgrader_run_directly_takes_the_same_hardened_path(probe_course):
+    """`nbgrader autograde` without `make autograde` (or the formgrader's button) reads the same
+    nbgrader_config.py: the test cells still run outside the student's kernel."""
+    root = probe_course
+    silencer = ("get_ipython().input_transformers_post.append(\n"
+                "    lambda lines: ['pass\\n'] if any('assert' in line for line in lines) else lines)\n"
+                "def add(a, b):\n    return 0")
+    hand_in(root, "direct", answers_notebook(root, add=silencer))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([str(Path(sys.executable).parent / "nbgrader"), "autograde", A, "--student", "direct"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert scores(root, "direct") == {"test_add": 0, "test_square": 2}

@@ -1,4 +1,7 @@
 """lib.grading: what a test cell accepts and rejects, and the shortcut block."""
+import json
+import re
+
 import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
@@ -101,3 +104,72 @@ def test_unknown_shortcut_name():
     with pytest.raises((ValueError, AttributeError)):
         with shortcuts_blocked("torch.no_such_module.thing"):
             pass
+
+
+# ---------------------------------------------------------------------------- the wire to the grader
+
+from lib.grading import MAX_REPLY_BYTES, Unsendable, decode, encode  # noqa: E402
+
+
+@pytest.mark.parametrize("value", [
+    torch.tensor([1.5, -2.0]), torch.arange(6).reshape(2, 3), torch.tensor([True, False]),
+    torch.zeros(0, 3), torch.tensor(3.0, dtype=torch.float64), torch.randn(2, 2).to(torch.bfloat16),
+    3, 2.5, float("inf"), "text", None, True, (1, 2.0), [torch.ones(2), "a"], {"loss": torch.tensor(1.0), 3: [4]},
+])
+def test_plain_data_comes_back_exactly(value):
+    got = decode(json.loads(json.dumps(encode(value))))
+    if isinstance(value, torch.Tensor):
+        assert type(got) is torch.Tensor and got.dtype == value.dtype and torch.equal(got, value)
+    elif isinstance(value, dict):
+        assert set(got) == set(value) and torch.equal(got["loss"], value["loss"]) and got[3] == [4]
+    elif isinstance(value, list):
+        assert torch.equal(got[0], value[0]) and got[1] == "a"
+    else:
+        assert got == value and type(got) is type(value)
+
+
+class Sly(torch.Tensor):
+    pass
+
+
+def numbers():
+    yield 1
+
+
+@pytest.mark.parametrize("value, words", [
+    (object(), "an object of type builtins.object"),
+    (torch.ones(2).as_subclass(Sly), "a tensor subclass (Sly)"),
+    (numbers(), "a generator object"),
+    (torch.zeros(MAX_REPLY_BYTES // 4 + 1), "tensors of more than 100 MB"),
+    ({"deep": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]},
+     "nested more than 50 levels"),
+])
+def test_what_cannot_be_sent_is_named(value, words):
+    with pytest.raises(Unsendable, match=re.escape(words)):
+        encode(value)
+
+
+@pytest.mark.parametrize("tree", [
+    {"tensor": ["float32", [2], "AAAA"]},                 # 3 bytes for 8
+    {"tensor": ["object", [1], ""]},                      # no such dtype
+    {"tensor": ["float32", [-1], ""]},                    # a negative size
+    {"pickle": "gASV"},                                   # anything but the known nodes
+    {"list": [1], "tuple": [2]},
+    {"module": [["__main__.X"], {}, {"dict": []}]},       # a module, and nothing to rebuild it with
+])
+def test_the_decoder_rejects_what_encode_never_sends(tree):
+    with pytest.raises((ValueError, KeyError)):
+        decode(tree)
+
+
+def test_a_module_comes_back_as_weights_rebuilt_by_a_trusted_class():
+    net = torch.nn.Linear(3, 2)
+    seen = {}
+
+    def rebuild(classes, config, state):
+        seen.update(classes=classes, state=state)
+        return "rebuilt"
+
+    assert decode(json.loads(json.dumps(encode(net))), rebuild) == "rebuilt"
+    assert seen["classes"][0] == "torch.nn.modules.linear.Linear"
+    assert torch.equal(seen["state"]["weight"], net.weight.detach())
