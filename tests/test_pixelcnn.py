@@ -266,3 +266,21 @@ def test_pretrained_model_on_cuda_matches_cpu(monkeypatch):
     cpu_model, _ = pretrained("digits17")
     gpu_model, _ = pretrained("digits17", device=torch.device("cuda"))
     assert nll(gpu_model, x.cuda()).item() == pytest.approx(nll(cpu_model, x).item(), rel=1e-4)
+
+
+def test_causal_mask_channels_orders_the_colours_at_the_centre_tap():
+    from lib.pixelcnn import causal_mask, causal_mask_channels
+    for kind in ("A", "B"):
+        m = causal_mask_channels(3, kind, 6, 9)
+        assert m.shape == (9, 6, 3, 3)
+        off_centre = causal_mask(3, kind).clone()
+        off_centre[1, 1] = 0
+        centre_free = m.clone()
+        centre_free[:, :, 1, 1] = 0
+        assert (centre_free == off_centre).all()            # the spatial part is the 2-D mask
+        groups = m[:, :, 1, 1].reshape(3, 3, 3, 2).amax((1, 3))   # (out colour, in colour)
+        expected = torch.tril(torch.ones(3, 3), diagonal=-1 if kind == "A" else 0)
+        assert (groups == expected).all()
+    assert (causal_mask_channels(5, "B", 4, 4, colors=1) == causal_mask(5, "B")).all()
+    with pytest.raises(ValueError, match="multiple of colors"):
+        causal_mask_channels(3, "A", 4, 6)
