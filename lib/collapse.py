@@ -38,10 +38,11 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.nn import functional as F
+from tqdm.auto import tqdm
 
 from lib.checks import float_tensor, gaussian_parameters, one_of, positive_int
 from lib.data import digits
-from lib.train import BestWeights, fit, minimise, retrain_main
+from lib.train import BestWeights, fit, minimise, retrain_main, show_progress
 from lib.vae import (VAE, GaussianEncoder, elbo_terms, gaussian_kl_to_standard, log_likelihood_is, make_decoder,
                      mlp_encoder_net, reparameterize, validation_neg_elbo)
 
@@ -292,7 +293,8 @@ def _batches(x: torch.Tensor, batch_size: int, generator: torch.Generator):
 
 def fit_aggressive(model, x: torch.Tensor, x_val: torch.Tensor, *, steps: int, batch_size: int = 100,
                    lr: float = 1e-3, inner_max: int = 50, check_every: int = 5, mi_every: int = 10,
-                   patience: int = 1, optimizer=None, seed: int = 0, every: int | None = None, on_round=None) -> dict:
+                   patience: int = 1, optimizer=None, seed: int = 0, every: int | None = None, on_round=None,
+                   progress=None) -> dict:
     """Aggressive inference-network training (He et al. 2019), then ordinary training.
 
     While aggressive: repeat
@@ -309,7 +311,8 @@ def fit_aggressive(model, x: torch.Tensor, x_val: torch.Tensor, *, steps: int, b
     move has requires_grad off, so its gradient is None and the optimiser leaves it (and its moment
     estimates) alone. So no second optimiser and no loop of its own are needed: everything goes
     through `lib.train.minimise` and `fit`. ``on_round(step)`` is called whenever another ``every``
-    steps have been taken. Returns the history: "loss" per step, the aggressive phase's "mi"
+    steps have been taken. ``progress``: one tqdm bar over the ``steps`` (`lib.train.show_progress`
+    decides by default). Returns the history: "loss" per step, the aggressive phase's "mi"
     checks as (step, MI) rows, and "switch" (the step at which it ended).
     """
     positive_int("steps", steps)
@@ -320,16 +323,18 @@ def fit_aggressive(model, x: torch.Tensor, x_val: torch.Tensor, *, steps: int, b
     encoder, decoder = model.encoder, model.decoder
     losses, mi_history, taken, decoder_steps, best_mi, since_best = [], [], 0, 0, -math.inf, 0
     rounds_done = 0
+    bar = tqdm(total=steps, desc="aggressive", disable=not show_progress(progress), leave=False)
 
     def run(parameters_on, n):
         nonlocal taken, rounds_done
         frozen = decoder if parameters_on is encoder else encoder
         frozen.requires_grad_(False)
         model.train()
-        history = minimise(objective, None, steps=n, optimizer=optimizer)
+        history = minimise(objective, None, steps=n, optimizer=optimizer, progress=False)
         frozen.requires_grad_(True)
         losses.append(history["loss"])
         taken += n
+        bar.update(n)
         while every and on_round and taken >= (rounds_done + 1) * every:
             rounds_done += 1
             on_round(taken)
@@ -362,11 +367,14 @@ def fit_aggressive(model, x: torch.Tensor, x_val: torch.Tensor, *, steps: int, b
     while taken < steps:                         # ordinary training for the rest of the budget
         n = steps - taken if not (every and on_round) else min(steps - taken, (rounds_done + 1) * every - taken)
         model.train()
-        losses.append(fit(model, x, steps=n, batch_size=batch_size, optimizer=optimizer, seed=seed + 1 + taken)["loss"])
+        losses.append(fit(model, x, steps=n, batch_size=batch_size, optimizer=optimizer, seed=seed + 1 + taken,
+                          progress=False)["loss"])
         taken += n
+        bar.update(n)
         while every and on_round and taken >= (rounds_done + 1) * every:
             rounds_done += 1
             on_round(taken)
+    bar.close()
     model.eval()
     return {"loss": torch.cat(losses), "mi": torch.tensor(mi_history).reshape(-1, 2), "switch": torch.tensor(switch)}
 
@@ -441,7 +449,7 @@ def _train_variant(name, steps, x, x_val, progress):
     optimizer = torch.optim.AdamW(model.parameters(), lr=RECIPE["lr"], weight_decay=RECIPE["weight_decay"])
     if remedy == "aggressive":
         history = fit_aggressive(model, x, x_val, steps=steps, batch_size=RECIPE["batch_size"], optimizer=optimizer,
-                                 seed=seed, every=every, on_round=tracker)
+                                 seed=seed, every=every, on_round=tracker, progress=progress)
         return model, tracker.finish({**history, "cpu_seconds": torch.tensor(time.process_time() - start)})
     step = 0
 
@@ -455,9 +463,9 @@ def _train_variant(name, steps, x, x_val, progress):
         return collapse_loss(model, xb, weight=weight, floor=settings.get("floor"))
 
     losses = []
-    for k in range(steps // every):
+    for k in tqdm(range(steps // every), desc=name, disable=not show_progress(progress), leave=False):
         losses.append(fit(model, x, steps=every, batch_size=RECIPE["batch_size"], loss=loss, optimizer=optimizer,
-                          seed=seed + k, progress=progress)["loss"])
+                          seed=seed + k, progress=False)["loss"])
         tracker((k + 1) * every)
     return model, tracker.finish({"loss": torch.cat(losses), "cpu_seconds": torch.tensor(time.process_time() - start)})
 

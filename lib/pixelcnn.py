@@ -38,11 +38,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from lib.checks import float_tensor, one_of, positive_int
 from lib.data import bits_per_dim, digits
 from lib.device import seed_everything
-from lib.train import fit_early_stopping, retrain_main
+from lib.train import fit_early_stopping, retrain_main, show_progress
 
 CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
 
@@ -65,6 +66,34 @@ def causal_mask(kernel_size: int, mask_type: str) -> torch.Tensor:
     mask = torch.zeros(kernel_size, kernel_size)
     mask[:c] = 1
     mask[c, :c + (mask_type == "B")] = 1
+    return mask
+
+
+def causal_mask_channels(kernel_size: int, mask_type: str, in_channels: int, out_channels: int,
+                         colors: int = 3) -> torch.Tensor:
+    """The (out_channels, in_channels, k, k) mask of a causal convolution over colour images, with
+    the colours of one pixel generated in order (R, then G given R, then B given R and G), as in
+    the PixelCNN paper. Both channel counts are split into ``colors`` equal groups, group g being
+    colour g. Away from the centre tap the mask is ``causal_mask`` for every pair of groups; at the
+    centre, output group g sees input group h if h < g (type "A": R sees nothing of the current
+    pixel, G sees R, B sees R and G) or h <= g (type "B": each group also sees its own colour's
+    features, which by then only carry information about earlier colours). colors=1 gives
+    ``causal_mask`` broadcast over the channels.
+    """
+    base = causal_mask(kernel_size, mask_type)
+    positive_int("colors", colors)
+    for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+        positive_int(name, value)
+        if value % colors:
+            raise ValueError(f"{name} must be a multiple of colors = {colors}, got {value}")
+    c = kernel_size // 2
+    mask = base.clone()
+    mask[c, c] = 0
+    mask = mask.expand(out_channels, in_channels, kernel_size, kernel_size).clone()
+    group_out = torch.arange(out_channels) // (out_channels // colors)
+    group_in = torch.arange(in_channels) // (in_channels // colors)
+    sees = group_in[None, :] < group_out[:, None] if mask_type == "A" else group_in[None, :] <= group_out[:, None]
+    mask[:, :, c, c] = sees.float()
     return mask
 
 
@@ -355,8 +384,11 @@ def _device(model):
     return next(model.parameters()).device
 
 
+SAMPLING_BAR_DELAY_S = 2.0  # sampling shows its bar only once it has run this long
+
+
 def sample(model: _Autoregressive, n: int, shape: tuple[int, int], cond=None, *, argmax: bool = False,
-           seed: int | None = None, naive: bool = False) -> torch.Tensor:
+           seed: int | None = None, naive: bool = False, progress=None) -> torch.Tensor:
     """Draw n images of size ``shape`` = (H, W), pixel by pixel in raster order (eq-pixelcnn-sampling).
 
     Returns a long tensor (n, 1, H, W) with levels 0..L-1 on the model's device.
@@ -369,6 +401,8 @@ def sample(model: _Autoregressive, n: int, shape: tuple[int, int], cond=None, *,
             its horizontal stack on the current row; PixelCNN runs on the pixel's causal
             window. Both crop to the receptive field, so the cost per pixel stops growing
             with the image.
+    progress: a tqdm bar over the pixels, for a run that lasts more than `SAMPLING_BAR_DELAY_S`
+            (None: as `lib.train.show_progress` decides, so in a notebook or a terminal only).
     """
     positive_int("n", n)
     if not (isinstance(shape, (tuple, list)) and len(shape) == 2):
@@ -382,6 +416,8 @@ def sample(model: _Autoregressive, n: int, shape: tuple[int, int], cond=None, *,
         c = model.cond_map(cond, n, H, W)
         x = torch.zeros(n, H, W, dtype=torch.long, device=device)
         row_cache = not naive and isinstance(model, GatedPixelCNN)
+        bar = tqdm(total=H * W, desc="sampling pixels", disable=not show_progress(progress), leave=False,
+                   delay=SAMPLING_BAR_DELAY_S)
         for i in range(H):
             if row_cache:
                 links, c_row = _row_links(model, x, c, i)
@@ -396,6 +432,8 @@ def sample(model: _Autoregressive, n: int, shape: tuple[int, int], cond=None, *,
                     x[:, i, j] = logits.argmax(1)
                 else:
                     x[:, i, j] = torch.multinomial(torch.softmax(logits.float(), 1), 1, generator=generator)[:, 0]
+                bar.update()
+        bar.close()
     model.train(was_training)
     return x[:, None]
 

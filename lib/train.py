@@ -7,6 +7,7 @@ there is no DataLoader, no per-batch copy and no host synchronisation inside a s
 history (one value per step for every named term) stays on the device until the end.
 """
 import math
+import os
 import sys
 from collections import defaultdict
 
@@ -16,12 +17,41 @@ from tqdm.auto import tqdm
 from lib.checks import positive_int
 
 
-def show_progress(progress) -> bool:
-    """tqdm bars appear when asked for (``progress=True``) or, by default, on a terminal.
+PROGRESS_ENV = "DGM_PROGRESS"
+_ON, _OFF = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
-    They stay out of executed pages (the book, the tests), where stderr is not a terminal.
+
+def interactive() -> bool:
+    """Whether someone is watching: code runs in a Jupyter kernel (JupyterLab, Notebook, Colab,
+    VS Code) or stderr is a terminal."""
+    if "ipykernel" in sys.modules:
+        try:
+            from IPython import get_ipython
+
+            if getattr(get_ipython(), "kernel", None) is not None:
+                return True
+        except Exception:  # a broken IPython install must not stop training
+            pass
+    return sys.stderr.isatty()
+
+
+def show_progress(progress=None) -> bool:
+    """Whether long work shows a tqdm bar: the ``progress`` argument when it is given, else the
+    switch ``DGM_PROGRESS`` (``0``/``false``/``off`` hides the bars, ``1``/``true``/``on`` shows
+    them), else `interactive`: bars in a notebook kernel or a terminal.
+
+    Executed builds set ``DGM_PROGRESS=0`` explicitly (``make book``, the tests, the grading
+    kernel, ``python -m course validate``): nbclient runs a real kernel, so bars would otherwise
+    end up in the saved outputs as widgets.
     """
-    return sys.stderr.isatty() if progress is None else bool(progress)
+    if progress is not None:
+        return bool(progress)
+    setting = os.environ.get(PROGRESS_ENV, "").strip().lower()
+    if setting in _OFF:
+        return False
+    if setting in _ON:
+        return True
+    return interactive()
 
 
 def minimise(objective, parameters, *, steps: int, lr: float = 1e-3, optimizer=None,
@@ -152,7 +182,8 @@ def fit_early_stopping(model: torch.nn.Module, train: tuple, val: tuple, score, 
         if schedule == "cosine":
             for group, lr0 in zip(optimizer.param_groups, initial_lr):
                 group["lr"] = lr0 * 0.5 * (1 + math.cos(math.pi * round_ / rounds))
-        losses = fit(model, *train, steps=every, batch_size=batch_size, optimizer=optimizer, seed=seed + round_)
+        losses = fit(model, *train, steps=every, batch_size=batch_size, optimizer=optimizer, seed=seed + round_,
+                     progress=False)  # one bar for the run: the rounds
         with torch.no_grad():
             value = float(score(model, *val))        # a host sync, once per round
         history["step"].append((round_ + 1) * every)

@@ -8,6 +8,7 @@ import torch
 
 matplotlib.use("Agg")
 os.environ.setdefault("DGM_DEVICE", "cpu")
+os.environ.setdefault("DGM_PROGRESS", "0")  # no progress bars in the kernels tests start (nbclient, nbval)
 ROOT = Path(__file__).resolve().parent.parent
 
 

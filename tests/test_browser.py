@@ -75,7 +75,40 @@ def test_static_pages_show_no_widget_or_progress_bar_junk(built, page):
     junk = sorted({m.group(0) for m in WIDGET_JUNK.finditer(visible_text(raw))}
                   | {m.group(0) for m in re.finditer(r"application/vnd\.jupyter\.widget[\w.+-]*", raw)})
     assert not junk, (f"{page}.html shows interactive-only output {junk}: progress bars must be off "
-                      "when not in a terminal/notebook (tqdm disable=None or progress=False) and no widget output saved")
+                      "in executed builds (DGM_PROGRESS=0, which `make book` sets; lib.train.show_progress) and no widget "
+                      "output saved")
+
+
+# What an executed blank exercise would show: IPython's tracebacks and the build machine's paths.
+TRACEBACK = re.compile(r"Traceback \(most recent call last\)|Cell In\[\d+\], line \d+|File \"[^\"]+\", line \d+"
+                       r"|\b\w+(?:Error|Exception)\s+Traceback\b|^-{20,}$", re.M)
+MACHINE_PATH = re.compile(r"(?<![\w.~])(?:/(?:home|root|work|tmp|usr|opt|var|srv|private|Users|mnt)/[\w.@+-]+"
+                          r"|[A-Za-z]:\\[\w .-]+\\|site-packages|dist-packages|\.venv/)")
+
+
+def traceback_or_path_junk(raw: str) -> list[str]:
+    """Tracebacks and filesystem paths in a page's visible text, and error outputs in its HTML."""
+    text = visible_text(raw)
+    found = {m.group(0).strip() for pattern in (TRACEBACK, MACHINE_PATH) for m in pattern.finditer(text)}
+    found |= {f'<div class="{m.group(1)}">' for m in re.finditer(r'class="([^"]*\b(?:traceback|output error)\b[^"]*)"', raw)}
+    return sorted(found)
+
+
+@pytest.mark.parametrize("page", EXERCISES)
+def test_static_exercise_pages_show_no_traceback_or_machine_path(built, page):
+    """An exercise page shows each task, the function to write and its visible self-check as
+    released; executing the blank notebook would show NotImplementedError tracebacks with the
+    build machine's paths (the book does not execute notebooks/: _config.yml execute.exclude_patterns)."""
+    raw = page_html(page)
+    junk = traceback_or_path_junk(raw)
+    assert not junk, f"{page}.html shows tracebacks or paths of the machine that built it: {junk[:6]}"
+    text = visible_text(raw)
+    release = nbformat.read(ROOT / f"{page}.ipynb", as_version=4)
+    tests = [c for c in release.cells if c.metadata.get("nbgrader", {}).get("grade") and c.cell_type == "code"]
+    solutions = [c for c in release.cells if c.metadata.get("nbgrader", {}).get("solution")]
+    for cell in tests + solutions:  # the function to write and the visible check, every task
+        first = next(line for line in cell.source.splitlines() if line.strip())
+        assert first.strip() in text, f"{page}.html lacks the cell {cell.metadata['nbgrader']['grade_id']} ({first!r})"
 
 
 def launch_settings():
@@ -239,8 +272,18 @@ const within = (promise, ms) => Promise.race([promise, sleep(ms)]);
     try { tex = MathJax.startup.document.getMathItemsWithin(block)[0].math; } catch (e) { tex = c.textContent; }
     too_wide.push(`${block.id || "(no label)"}: ${c.scrollWidth - c.clientWidth}px too wide: ${tex.trim().replace(/\s+/g, " ").slice(0, 90)}`);
   }
+  // code cells a reader must scroll sideways to read at this width
+  const code_too_wide = [];
+  const cells = Array.from(document.querySelectorAll("div.cell"));
+  for (const pre of document.querySelectorAll("div.cell div.cell_input pre")) {
+    if (pre.scrollWidth <= pre.clientWidth + 1) continue;
+    const longest = pre.textContent.split("\n").reduce((a, b) => (b.length > a.length ? b : a), "");
+    code_too_wide.push(`cell ${cells.indexOf(pre.closest("div.cell")) + 1}: ${pre.scrollWidth - pre.clientWidth}px ` +
+                       `too wide (${longest.length} chars): ${longest.trim().slice(0, 80)}`);
+  }
   done({
     mathjax,
+    code_too_wide,
     equations: math.length,
     typeset: document.querySelectorAll("mjx-container").length,
     untypeset: math.filter(m => !m.querySelector("mjx-container")).map(m => m.textContent.trim().slice(0, 80)),
@@ -309,10 +352,13 @@ def check_reads_well(page: str, seen: dict, *, expect_math: bool) -> None:
     assert not raw, f"{page}: raw TeX in the text a reader sees: {raw[:10]}"
 
 
+SEEN: dict[str, dict] = {}  # what test_page_reads_well_in_a_browser saw, for the checks after it
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("page", PAGES)
 def test_page_reads_well_in_a_browser(browser, server, page):
-    seen = load(browser, server + page + ".html")
+    seen = SEEN[page] = load(browser, server + page + ".html")
     slug = page.replace("/", "__")
     screenshots(browser, slug, seen["height"])
     (ARTIFACTS / f"{slug}.json").write_text(json.dumps(
@@ -326,9 +372,28 @@ def test_page_reads_well_in_a_browser(browser, server, page):
         assignment = page.split("/")[1]
         assert "# YOUR CODE HERE" in seen["text"], f"{page}: the exercise shows no `# YOUR CODE HERE`"
         assert "BEGIN SOLUTION" not in seen["text"] and "BEGIN HIDDEN TESTS" not in seen["text"]
+        junk = traceback_or_path_junk(html.escape(seen["text"]))
+        assert not junk, f"{page} shows tracebacks or paths of the machine that built it: {junk[:6]}"
         if assignment in assignments():
             leaked = [line for line in secret_lines(assignment) if line in seen["text"]]
             assert not leaked, f"{page} shows solution or hidden-test code: {leaked[:3]}"
+
+
+CODE_MAY_SCROLL = True  # long code lines are being reformatted (issue 24): set False once they are
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", PAGES)
+def test_no_code_cell_scrolls_sideways(browser, server, page):
+    """At 1280 px every line of a code cell fits in the text column (about 78 characters in this
+    theme): a reader never scrolls a cell sideways to read the end of a line. Until the lines are
+    reformatted, pages with wide cells are reported as xfail, with the cells."""
+    seen = SEEN.get(page) or load(browser, server + page + ".html")
+    message = (f"{page}: {len(seen['code_too_wide'])} code cells wider than the column at {WIDTH}px "
+               f"(break the lines): {seen['code_too_wide'][:8]}")
+    if seen["code_too_wide"] and CODE_MAY_SCROLL:
+        pytest.xfail(message)
+    assert not seen["code_too_wide"], message
 
 
 @pytest.mark.slow
