@@ -8,8 +8,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from lib import autograde, course
-from tests.course_helpers import (ROOT, assignments, secret_lines, solution_answers, source,
+from course import autograde, book as course
+from tests.course_helpers import (ROOT, SOLUTION as SOLUTION_BLOCK, assignments, course_command, secret_lines, solution_answers, source,
                                   submission, visible_text)
 
 pytestmark = pytest.mark.slow
@@ -112,7 +112,29 @@ WRONG = {
                                   "    log_q = -0.5 * ((z - mu) ** 2 / logvar.exp() + logvar + math.log(2 * math.pi)).sum(-1)\n"
                                   "    return neg_entropy - log_q.mean()",
          },
-         "lose": ["test_active_units", "test_free_bits_kl", "test_kl_anneal", "test_mutual_information"]},
+         "lose": ["test_active_units", "test_free_bits_kl", "test_kl_anneal", "test_mutual_information", "test_train_pair"]},
+        {"answers": {**solution_answers("06-posterior-collapse"),
+            "train_pair": "def train_pair(x_train, seed=0):\n"  # a floor too small to keep any unit in use
+                          "    models = []\n"
+                          "    for floor in (None, 0.01):\n"
+                          "        torch.manual_seed(seed)\n"
+                          "        model = CollapseVAE(floor=floor)\n"
+                          "        fit(model, x_train, steps=600, batch_size=100, lr=3e-3, seed=seed)\n"
+                          "        models.append(model)\n"
+                          "    return tuple(models)",
+         },
+         "lose": ["test_train_pair"]},
+        {"answers": {  # the oracles of the old visible checks, pasted in: their routes are blocked now
+            "free_bits_kl": "def free_bits_kl(kl, floor):\n"
+                            "    return torch.maximum(kl.mean(0), torch.tensor(floor, dtype=kl.dtype)).sum()",
+            "mutual_information": "def mutual_information(mu, logvar, z):\n"
+                                  "    n = len(mu)\n"
+                                  "    q = Independent(Normal(mu, (0.5 * logvar).exp()), 1)\n"
+                                  "    neg_entropy = -q.entropy().mean()\n"
+                                  "    log_aggregate = torch.stack([torch.logsumexp(q.log_prob(z[i]), 0) for i in range(n)]) - math.log(n)\n"
+                                  "    return neg_entropy - log_aggregate.mean()",
+         },
+         "lose": ["test_free_bits_kl", "test_mutual_information"]},
     ],
     "07-vq-vae": [
         {"answers": {
@@ -120,15 +142,31 @@ WRONG = {
                             "    return ((z ** 2).sum(1, keepdim=True) - 2 * z @ codebook.T).argmin(1)",
             "straight_through": "def straight_through(z_e, z_q):\n"
                                 "    return z_q + (z_e - z_q).detach()",
-            "codebook_loss": "def codebook_loss(z_e, z_q):\n"
-                             "    return ((z_e - z_q.detach()) ** 2).flatten(1).sum(1)",
-            "commitment_loss": "def commitment_loss(z_e, z_q):\n"
-                               "    return ((z_e - z_q) ** 2).flatten(1).sum(1)",
+            "vq_loss": "def vq_loss(z_e, z_q, beta):\n"
+                       "    return (1 + beta) * ((z_e - z_q) ** 2).flatten(1).sum(1)",
+            "restart_dead_codes": "def restart_dead_codes(codebook, usage, z, threshold=1.0):\n"
+                                  "    new, dead = codebook.detach().clone(), usage < threshold\n"
+                                  "    new[dead] = z[:int(dead.sum())]\n"
+                                  "    return new",
             "code_perplexity": "def code_perplexity(indices, n_codes):\n"
                                "    p = torch.bincount(indices.flatten(), minlength=n_codes).float() / indices.numel()\n"
                                "    return -(p * p.log()).sum()",
          },
-         "lose": ["test_nearest_code", "test_straight_through", "test_codebook_loss", "test_commitment_loss", "test_code_perplexity"]},
+         "lose": ["test_nearest_code", "test_straight_through", "test_vq_loss", "test_code_perplexity",
+                  "test_restart_dead_codes", "test_train_vqvae"]},
+        {"answers": {**solution_answers("07-vq-vae"),
+            "nearest_code": "def nearest_code(z, codebook):\n"  # the old visible oracle: the forbidden broadcast
+                            "    return ((z[:, None, :] - codebook[None, :, :]) ** 2).sum(-1).argmin(1)",
+            "train_vqvae": "def train_vqvae(x_train, seed=0):\n"  # no dead-code restarts
+                           "    torch.manual_seed(seed)\n"
+                           "    model = TinyVQVAE(n_codes=64, code_dim=8, channels=16)\n"
+                           "    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)\n"
+                           "    for step in range(600):\n"
+                           "        terms = model.loss(x_train[torch.randint(len(x_train), (100,))])\n"
+                           "        optimizer.zero_grad(); terms['loss'].backward(); optimizer.step()\n"
+                           "    return model",
+         },
+         "lose": ["test_nearest_code", "test_train_vqvae"]},
     ],
     "08-gan": [
         {"answers": {
@@ -141,6 +179,26 @@ WRONG = {
                                      "    return p / (p + q)",
          },
          "lose": ["test_discriminator_loss", "test_non_saturating_loss", "test_optimal_discriminator"]},
+        {"answers": {**solution_answers("08-gan"),
+            "value_at_optimum": "def value_at_optimum(p_data, p_g, x):\n"  # densities, not logs: 0 log 0 = nan
+                                "    p, q = p_data.log_prob(x).exp(), p_g.log_prob(x).exp()\n"
+                                "    d = p / (p + q)\n"
+                                "    return torch.trapezoid(p * d.log() + q * (1 - d).log(), x)",
+            "train_gan": "def train_gan(x_train, seed=0):\n"  # the generator minimises the discriminator's loss
+                         "    torch.manual_seed(seed)\n"
+                         "    gan = GAN1D()\n"
+                         "    opt_d = torch.optim.Adam(gan.discriminator.parameters(), lr=2e-3, betas=(0.5, 0.999))\n"
+                         "    opt_g = torch.optim.Adam(gan.generator.parameters(), lr=2e-3, betas=(0.5, 0.999))\n"
+                         "    for step in range(1500):\n"
+                         "        real = x_train[torch.randint(len(x_train), (256,))]\n"
+                         "        fake = gan.generate(torch.randn(256, 1))\n"
+                         "        d_loss = discriminator_loss(gan.logits(real), gan.logits(fake.detach()))\n"
+                         "        opt_d.zero_grad(); d_loss.backward(); opt_d.step()\n"
+                         "        g_loss = discriminator_loss(gan.logits(real), gan.logits(gan.generate(torch.randn(256, 1))))\n"
+                         "        opt_g.zero_grad(); g_loss.backward(); opt_g.step()\n"
+                         "    return gan",
+         },
+         "lose": ["test_value_at_optimum", "test_train_gan"]},
     ],
     "09-pixelcnn": [
         {"answers": {
@@ -166,11 +224,91 @@ WRONG = {
                         "        return logits.argmax(1, keepdim=True)\n"
                         "    return Categorical(logits=logits.permute(0, 2, 3, 1)).sample()[:, None]",
          },
-         "lose": ["test_causal_mask", "test_nll_nats", "test_dependency_matrix", "test_generate"]},
+         "lose": ["test_causal_mask", "test_nll_nats", "test_dependency_matrix", "test_generate", "test_train_pixelcnn"]},
+        {"answers": {**solution_answers("09-pixelcnn"),  # forgot to pass the masks: pixels predicted from nothing
+            "train_pixelcnn": "def train_pixelcnn(x_train, seed=0):\n"
+                              "    torch.manual_seed(seed)\n"
+                              "    model = DigitsPixelCNN(levels=2, channels=16, layers=2)\n"
+                              "    fit(model, x_train, steps=300, batch_size=100, lr=1e-2, seed=seed)\n"
+                              "    return model",
+         },
+         "lose": ["test_train_pixelcnn"]},
+        {"answers": {  # the oracle of the old visible checks, pasted in: its routes are blocked now
+            "nll_nats": "def nll_nats(logits, x):\n"
+                        "    return -Categorical(logits=logits.permute(0, 2, 3, 1)).log_prob(x[:, 0]).sum((1, 2))",
+            "dependency_matrix": "from torch.autograd.functional import jacobian\n"
+                                 "def dependency_matrix(f, x):\n"
+                                 "    _, _, H, W = x.shape\n"
+                                 "    J = jacobian(lambda t: f(t).sum(1), x, vectorize=True)\n"
+                                 "    return (J != 0).any(4).reshape(H * W, H * W)",
+         },
+         "lose": ["test_nll_nats", "test_dependency_matrix"]},
+    ],
+    "10-diffusion": [
+        {"answers": {
+            "q_sample": "def q_sample(x0, t, alpha_bar, noise=None):\n"
+                        "    if noise is None:\n"
+                        "        noise = torch.randn_like(x0)\n"
+                        "    a = at(alpha_bar, t, x0) / at(alpha_bar, t - 1, x0)\n"
+                        "    return a.sqrt() * x0 + (1 - a).sqrt() * noise",
+            "q_posterior": "def q_posterior(x0, xt, t, alpha_bar):\n"
+                           "    a_t, a_prev = at(alpha_bar, t, x0), at(alpha_bar, t - 1, x0)\n"
+                           "    beta = 1 - a_t / a_prev\n"
+                           "    mean = a_prev.sqrt() * beta / (1 - a_t) * x0 + (1 - beta).sqrt() * (1 - a_prev) / (1 - a_t) * xt\n"
+                           "    return mean, beta.expand_as(x0)",
+            "eps_loss": "def eps_loss(eps_model, x0, t, alpha_bar, noise=None):\n"
+                        "    if noise is None:\n"
+                        "        noise = torch.randn_like(x0)\n"
+                        "    a = at(alpha_bar, t, x0)\n"
+                        "    xt = a.sqrt() * x0 + (1 - a).sqrt() * noise\n"
+                        "    return (noise - eps_model(xt, t)).pow(2).flatten(1).mean(1)",
+            "reverse_step": "def reverse_step(eps_model, xt, t, alpha_bar, noise=None):\n"
+                            "    noise = torch.randn_like(xt) if noise is None else noise\n"
+                            "    a_t, a_prev = at(alpha_bar, t, xt), at(alpha_bar, t - 1, xt)\n"
+                            "    beta = 1 - a_t / a_prev\n"
+                            "    mean = (xt + beta / (1 - a_t).sqrt() * eps_model(xt, t)) / (1 - beta).sqrt()\n"
+                            "    return mean + ((1 - a_prev) / (1 - a_t) * beta).sqrt() * noise",
+         },
+         "lose": ["test_q_sample", "test_q_posterior", "test_eps_loss", "test_reverse_step"]},
+        {"answers": {
+            "q_sample": "def q_sample(x0, t, alpha_bar, noise=None):\n"
+                        "    a = at(alpha_bar, t, x0)\n"
+                        "    if noise is None:\n"
+                        "        return torch.normal(a.sqrt() * x0, (1 - a).sqrt().expand_as(x0))\n"
+                        "    return a.sqrt() * x0 + (1 - a).sqrt() * noise",
+            "q_posterior": "def q_posterior(x0, xt, t, alpha_bar):\n"
+                           "    a_t, a_prev = at(alpha_bar, t, x0), at(alpha_bar, t - 1, x0)\n"
+                           "    beta = 1 - a_t / a_prev\n"
+                           "    mean = a_prev.sqrt() * beta / (1 - a_t) * x0 + a_t.sqrt() * (1 - a_prev) / (1 - a_t) * xt\n"
+                           "    return mean, ((1 - a_prev) / (1 - a_t) * beta).expand_as(x0)",
+            "eps_loss": "def eps_loss(eps_model, x0, t, alpha_bar, noise=None):\n"
+                        "    if noise is None:\n"
+                        "        noise = torch.randn_like(x0)\n"
+                        "    a = at(alpha_bar, t, x0)\n"
+                        "    xt = a.sqrt() * x0 + (1 - a).sqrt() * noise\n"
+                        "    with torch.no_grad():\n"
+                        "        prediction = eps_model(xt, t)\n"
+                        "    return (noise - prediction).pow(2).flatten(1).sum(1)",
+            "reverse_step": "def reverse_step(eps_model, xt, t, alpha_bar, noise=None):\n"
+                            "    noise = torch.randn_like(xt) if noise is None else noise\n"
+                            "    a_t, a_prev = at(alpha_bar, t, xt), at(alpha_bar, t - 1, xt)\n"
+                            "    beta = 1 - a_t / a_prev\n"
+                            "    mean = (xt - beta / (1 - a_t).sqrt() * eps_model(xt, t)) / (1 - beta).sqrt()\n"
+                            "    return mean + beta.sqrt() * noise",
+         },
+         "lose": ["test_q_sample", "test_q_posterior", "test_eps_loss", "test_reverse_step"]},
     ],
 }
 # Calling the reference instead of implementing it: every task must score 0.
 CHEAT = {
+    "10-diffusion": {
+        "q_sample": "import lib.diffusion\n"
+                    "def q_sample(x0, t, alpha_bar, noise=None):\n"
+                    "    return lib.diffusion.q_sample(x0, t, alpha_bar, noise)",
+        "q_posterior": "from lib.diffusion import q_posterior as reference\n"
+                       "def q_posterior(x0, xt, t, alpha_bar):\n"
+                       "    return reference(x0, xt, t, alpha_bar)",
+    },
     "01-kl": {
         "kl_categorical": "from torch.distributions import kl_divergence, Categorical\n"
                           "def kl_categorical(p, q):\n    return kl_divergence(Categorical(probs=p), Categorical(probs=q))",
@@ -223,12 +361,10 @@ CHEAT = {
         "straight_through": "from lib.vq import straight_through as _reference\n"
                             "def straight_through(z_e, z_q):\n"
                             "    return _reference(z_e, z_q)",
-        "codebook_loss": "from lib.vq import vq_loss_terms\n"
-                         "def codebook_loss(z_e, z_q):\n"
-                         "    return vq_loss_terms(z_e, z_q)[0]",
-        "commitment_loss": "import lib.vq\n"
-                           "def commitment_loss(z_e, z_q):\n"
-                           "    return lib.vq.vq_loss_terms(z_e, z_q)[1]",
+        "vq_loss": "from lib.vq import vq_loss_terms\n"
+                   "def vq_loss(z_e, z_q, beta):\n"
+                   "    codebook, commitment = vq_loss_terms(z_e, z_q)\n"
+                   "    return codebook + beta * commitment",
         "code_perplexity": "import lib.vq\n"
                            "def code_perplexity(indices, n_codes):\n"
                            "    return lib.vq.code_perplexity(indices, n_codes)",
@@ -262,7 +398,14 @@ CHEAT = {
 # ---------------------------------------------------------------------------- exercise sources
 
 def grade_cells(nb):
-    return [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")]
+    """The autograded test cells (code cells with points)."""
+    return [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade") and c.cell_type == "code"]
+
+
+def manual_cells(nb):
+    """The manually graded answer cells: markdown cells that are both solution and graded."""
+    return [c for c in nb.cells if c.cell_type == "markdown" and c.metadata.get("nbgrader", {}).get("grade")
+            and c.metadata["nbgrader"].get("solution")]
 
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
@@ -282,13 +425,21 @@ def test_exercise_metadata_is_valid(assignment):
     for cell in nb.cells:
         meta = cell.metadata["nbgrader"]
         if meta["solution"]:
-            assert cell.cell_type == "code" and "### BEGIN SOLUTION" in cell.source and "### END SOLUTION" in cell.source
+            assert "### BEGIN SOLUTION" in cell.source and "### END SOLUTION" in cell.source, meta["grade_id"]
+            if cell.cell_type == "code":   # code answers are autograded by their test cells, never by hand
+                assert not meta.get("grade"), f"{meta['grade_id']}: a code solution cell must not carry points"
+            else:                          # a written answer: nbgrader's "manually graded answer", with a rubric
+                assert cell.cell_type == "markdown" and meta.get("grade") and meta.get("points", 0) > 0, meta["grade_id"]
+                assert not meta["locked"], f"{meta['grade_id']}: students must be able to write their answer"
+                assert "Rubric" in SOLUTION_BLOCK.search(cell.source).group(1), f"{meta['grade_id']} has no rubric"
+        elif meta.get("grade"):
+            assert cell.cell_type == "code", f"{meta['grade_id']}: only test cells and written answers carry points"
 
 
 # ---------------------------------------------------------------------------- a course in a temporary folder
 
 def run_course(root: Path, *args: str) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, "-m", "lib.course", *args], cwd=root, capture_output=True, text=True)
+    done = course_command(root, *args)
     assert done.returncode == 0, done.stdout + done.stderr
     return done
 
@@ -353,11 +504,16 @@ def cell_scores(root, student, assignment):
         return {g.cell.name: (g.score, g.max_score) for nb in submission_.notebooks for g in nb.grades}
 
 
+def manual_ids(assignment):
+    return {c.metadata["nbgrader"]["grade_id"] for c in manual_cells(source(assignment))}
+
+
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
 def test_solutions_score_full_marks(graded, assignment):
     root, _ = graded
     scores = cell_scores(root, "right", assignment)
-    assert scores and all(score == top for score, top in scores.values()), scores
+    auto = {cell: s for cell, s in scores.items() if cell not in manual_ids(assignment)}
+    assert auto and all(score == top for score, top in auto.values()), scores
 
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
@@ -404,7 +560,9 @@ def test_broken_submissions_are_reported_by_name_and_score_zero(graded):
         corrupt, renamed = rows[("corrupt", a)], rows[("renamed", a)]
         assert corrupt.split()[2].startswith("0/") and "01-kl.ipynb is not a valid notebook".replace("01-kl", a) in corrupt
         assert renamed.split()[2].startswith("0/") and f"missing {a}.ipynb (found: my-work.ipynb)" in renamed
-        assert rows[("right", a)].split()[2].split("/")[0] == rows[("right", a)].split()[2].split("/")[1]
+        right_score, right_max = map(float, rows[("right", a)].split()[2].split("/"))
+        written = sum(c.metadata["nbgrader"]["points"] for c in manual_cells(source(a)))
+        assert right_score == right_max - written, rows[("right", a)]   # written answers wait for a grader
 
 
 def test_feedback_shows_no_hidden_tests(graded):
@@ -457,3 +615,57 @@ def test_book_build_rereads_every_page_after_a_lib_change(tmp_path, monkeypatch)
     (tmp_path / "lib" / "kl.py").write_text("x = 2\n")
     course.build_book(tmp_path)                       # lib changed: unchanged pages must run again too
     assert ["--all" in command for command in commands] == [False, False, True]
+
+
+# ---------------------------------------------------------------------------- written answers, graded by hand
+
+WRITTEN = [a for a in ASSIGNMENTS if manual_cells(source(a))]
+
+
+@pytest.mark.parametrize("assignment", WRITTEN)
+def test_written_answers_are_released_without_their_rubric(assignment):
+    released = {c.metadata["nbgrader"]["grade_id"]: c for c in nbformat.read(
+        ROOT / "notebooks" / assignment / f"{assignment}.ipynb", as_version=4).cells}
+    for cell in manual_cells(source(assignment)):
+        meta = cell.metadata["nbgrader"]
+        out = released[meta["grade_id"]]
+        assert out.cell_type == "markdown" and out.source.strip() == "YOUR ANSWER HERE", out.source[:200]
+        assert out.metadata["nbgrader"]["points"] == meta["points"] and out.metadata["nbgrader"]["grade"]
+        rubric = SOLUTION_BLOCK.search(cell.source).group(1)
+        text = (ROOT / "notebooks" / assignment / f"{assignment}.ipynb").read_text()
+        assert not [line for line in rubric.splitlines() if len(line.strip()) > 20 and line.strip() in text]
+
+
+def test_summary_lists_written_answers_as_needing_manual_grading(graded):
+    root, summary = graded
+    rows = {tuple(line.split()[:2]): line for line in summary.splitlines()[1:]}
+    for a in WRITTEN:
+        for cell in manual_cells(source(a)):
+            meta = cell.metadata["nbgrader"]
+            assert f"{meta['grade_id']} needs manual grading ({meta['points']:g} points)" in rows[("right", a)]
+            # an answer left as released scores 0 at once: nothing to grade by hand
+            assert f"{meta['grade_id']} 0/{meta['points']:g}" in rows[("blank", a)]
+
+
+def test_grades_include_written_answers_once_graded(graded):
+    """A TA grades a written answer in the formgrader (here through nbgrader's Gradebook API, as the
+    formgrader does); `make grades` (python -m course grades) then counts its points."""
+    root, _ = graded
+    a = WRITTEN[-1]
+
+    def exported_score():
+        run_course(root, "grades")
+        header, *rows = [row.split(",") for row in (root / "grades.csv").read_text().splitlines()]
+        row = next(r for r in rows if r[header.index("assignment")] == a and r[header.index("student_id")] == "right")
+        return float(row[header.index("score")]), float(row[header.index("max_score")])
+
+    before, top = exported_score()
+    points = 0.0
+    with autograde.gradebook(root) as gb:
+        for cell in manual_cells(source(a)):
+            grade = gb.find_grade(cell.metadata["nbgrader"]["grade_id"], a, a, "right")
+            grade.manual_score = cell.metadata["nbgrader"]["points"]
+            points += grade.manual_score
+        gb.db.commit()
+    after, _ = exported_score()
+    assert points > 0 and after == before + points == top
