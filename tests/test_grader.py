@@ -50,14 +50,16 @@ def test_only_names_no_instructor_cell_binds_come_from_the_kernel():
 
 def test_a_request_carries_inputs_and_names_never_the_test_source():
     session = FakeSession({"reparameterize"})
-    namespace = grader.Namespace({"w", "probe_fn"}, session)
-    exec("import torch\nw = torch.ones(2)\n"
-         "def probe_fn(mu):\n    return reparameterize(mu, w)  # SECRET COMMENT\n", namespace)
+    namespace = grader.Namespace({"w", "probe_fn", "expected_text"}, session)
+    exec("import torch\nw = torch.ones(2)\nexpected_text = 'THE-EXPECTED-VALUE'\n"
+         "def probe_fn(mu):\n    return reparameterize(mu, w), 'PROBE-CONSTANT'\n", namespace)
     buffer = io.BytesIO()
     grader._Request(buffer, namespace).dump(("call", namespace["probe_fn"], (torch.zeros(2),), {}, (), 0))
     payload = buffer.getvalue()
-    assert b"SECRET COMMENT" not in payload and b"def probe_fn" not in payload
     assert b"reparameterize" in payload  # the student's function, by name
+    assert b"PROBE-CONSTANT" in payload  # the probe's own code travels ...
+    assert b"THE-EXPECTED-VALUE" not in payload  # ... but not the test's other globals
+    assert b"def probe_fn" not in payload  # nor any source text
 
 
 def test_the_kernel_rebuilds_a_test_function_from_its_code(monkeypatch):
