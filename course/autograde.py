@@ -31,6 +31,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -384,9 +385,15 @@ def tampering(root: Path, student: str, assignment: str) -> list[str]:
 
 
 def _last_error(log: Path) -> str:
+    """The reason in nbgrader's log: the exception its last traceback ends with, else its last
+    error line (nbgrader ends with "Please see the above traceback", which says nothing)."""
     lines = [line for line in log.read_text(errors="replace")[-20_000:].splitlines() if line.strip()]
+    raised = [line for line in lines if EXCEPTION_LINE.match(line)]
     errors = [line for line in lines if "[AutogradeApp | ERROR]" in line or "Error" in line]
-    return (errors or lines or ["no output"])[-1].strip()[:200]
+    return (raised or errors or lines or ["no output"])[-1].strip()[:300]
+
+
+EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit): ")
 
 
 def grade_one(root: Path, student: str, assignment: str, runner: Runner, *, force: bool = False,

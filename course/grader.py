@@ -41,7 +41,7 @@ import pickle
 import time
 import traceback
 import types
-from contextlib import contextmanager, redirect_stdout
+from contextlib import ExitStack, contextmanager, redirect_stdout
 from pathlib import Path
 
 import nbformat
@@ -338,8 +338,7 @@ class GradingExecute(Execute):
         todo = [i for i, cell in enumerate(nb.cells) if cell.cell_type == "code"]
         ran, restarts = [], 0
         while todo:
-            with self.setup_kernel():
-                self.wait_for_reply(self.kc.kernel_info())
+            with self._started_kernel():
                 try:
                     self._kernel_request_report(reset=True)
                     for i in ran:  # a fresh kernel after a death: restore the state, keep the outputs
@@ -377,6 +376,31 @@ class GradingExecute(Execute):
         self.set_widgets_metadata()
         self._write_findings()
         return self.nb, self.resources
+
+    start_tries = Integer(3, help="Tries to start a kernel before the notebook's grading fails.").tag(config=True)
+
+    @contextmanager
+    def _started_kernel(self):
+        """`setup_kernel`, tried `start_tries` times: a start can fail for reasons that are not the
+        student's (two graders' kernels racing for the same ports, a busy machine). If every try
+        fails, the grading of this notebook fails with the reason, and is not recorded as done,
+        so the next ``autograde`` grades it again; no student's cell is scored for it."""
+        for attempt in range(1, self.start_tries + 1):
+            stack = ExitStack()
+            try:
+                stack.enter_context(self.setup_kernel())
+                if self.wait_for_reply(self.kc.kernel_info()) is None:
+                    raise RuntimeError("no reply to kernel_info")
+                break
+            except Exception as err:
+                stack.close()
+                if attempt == self.start_tries:
+                    raise RuntimeError(f"the grading kernel did not start ({attempt} tries; last: "
+                                       f"{type(err).__name__}: {err})") from err
+                self.log.warning("the grading kernel did not start (%s); trying again", err)
+                time.sleep(attempt)
+        with stack:
+            yield
 
     # -- the kernel's side -------------------------------------------------------------------
 

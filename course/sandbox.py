@@ -12,8 +12,11 @@ It stays as a small supervisor process and starts ipykernel below it, with
   dumps, and the number of processes (RLIMIT_NPROC);
 - when grading runs as root (CI, a grading server, a container), a kernel that cannot reach
   the grader or its secrets:
-  - it runs as the system user `USER` (created by `prepare` if missing), with no supplementary
-    groups and ``no_new_privs``, so it cannot signal, trace or read the memory of the grader;
+  - it runs as a user id of its own (`kernel_uid`: one per kernel, none shared with the grader
+    or with another kernel graded at the same time) in the group of the system user `USER`
+    (created by `prepare` if missing), with no supplementary groups and ``no_new_privs``, so it
+    cannot signal, trace or read the memory of the grader. The process limit counts per user
+    id, so a fork bomb in one kernel cannot starve another of processes or threads;
   - in a mount namespace of its own, the course's secrets are covered by empty folders and
     files (`SECRETS`: solutions/, the gradebook, autograded/, submitted/ ...), and so is
     root's home, except the Python installation the kernel runs on;
@@ -57,6 +60,7 @@ SECRETS = ("solutions", "submitted", "autograded", "feedback", ".autograde", "no
 KEPT_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "CUDA_VISIBLE_DEVICES", "DGM_DEVICE", "DGM_PROGRESS",
             "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 PRIVATE_PREFIX = "dgm-kernel-"
+KERNEL_UID_BASE = 2**30  # kernel user ids: this plus the supervisor's pid (no passwd entry)
 PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 36, 38
 CLONE_NEWNS, CLONE_NEWPID = 0x00020000, 0x20000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_BIND, MS_MOVE, MS_REC, MS_PRIVATE = 1, 2, 4, 4096, 8192, 16384, 1 << 18
@@ -227,7 +231,20 @@ def _hide_root_home(keep: list[Path], staging: Path) -> None:
         _mount(str(spot), str(path), None, MS_MOVE)
 
 
-def isolate(course: Path, private: Path, user: pwd.struct_passwd) -> None:
+def kernel_uid(supervisor: int) -> int:
+    """The user id a kernel runs as: `KERNEL_UID_BASE` plus its supervisor's pid, which no other
+    live process has, so no two kernels share one. RLIMIT_NPROC counts a user id's processes
+    and threads together: with one id per kernel, the `PROCESSES` limit is each kernel's own.
+    Where that id is not mapped (a user namespace with a short id map), the `USER`'s id."""
+    uid = KERNEL_UID_BASE + supervisor
+    for line in Path("/proc/self/uid_map").read_text().splitlines():
+        inside, _, count = (int(field) for field in line.split())
+        if inside <= uid < inside + count:
+            return uid
+    return pwd.getpwnam(USER).pw_uid
+
+
+def isolate(course: Path, private: Path, uid: int, gid: int) -> None:
     """In the kernel's own process, before ipykernel starts: the namespaces, the hidden paths,
     then the unprivileged user (run only as root)."""
     _check(_libc.unshare(CLONE_NEWNS), "unshare")
@@ -240,8 +257,8 @@ def isolate(course: Path, private: Path, user: pwd.struct_passwd) -> None:
             _hide(folder / name)
     _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV)  # this PID namespace's processes only
     os.setgroups([])
-    os.setgid(user.pw_gid)
-    os.setuid(user.pw_uid)
+    os.setgid(gid)
+    os.setuid(uid)
     _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
     os.chdir(private)
 
@@ -260,7 +277,7 @@ def private_prefix(course: Path) -> str:
 
 def kernel_environment(private: Path) -> dict[str, str]:
     env = {k: os.environ[k] for k in KEPT_ENV if k in os.environ}
-    env.update(HOME=str(private), TMPDIR=str(private), MPLCONFIGDIR=str(private / ".matplotlib"),
+    env.update(USER=USER, LOGNAME=USER, HOME=str(private), TMPDIR=str(private), MPLCONFIGDIR=str(private / ".matplotlib"),
                IPYTHONDIR=str(private / ".ipython"), PYTHONNOUSERSITE="1")
     return env
 
@@ -276,13 +293,13 @@ def main(argv: list[str]) -> int:
     private = Path(tempfile.mkdtemp(prefix=private_prefix(course)))
     isolating = isolated()  # decided once: in the kernel's process it is false after setuid
     if isolating:
-        user = pwd.getpwnam(USER)
+        uid, gid = kernel_uid(os.getpid()), pwd.getpwnam(USER).pw_gid
         i = argv.index("-f") + 1
         connection = private / "kernel.json"  # the kernel cannot read the grader's runtime folder
         shutil.copyfile(argv[i], connection)
         argv = [*argv[:i], str(connection), *argv[i + 1:]]
-        os.chown(private, user.pw_uid, user.pw_gid)
-        os.chown(connection, user.pw_uid, user.pw_gid)
+        os.chown(private, uid, gid)
+        os.chown(connection, uid, gid)
         os.chmod(private, 0o700)
         os.chmod(connection, 0o600)
         _check(_libc.unshare(CLONE_NEWPID), "unshare")  # the next child is PID 1 of a new namespace
@@ -291,7 +308,7 @@ def main(argv: list[str]) -> int:
         try:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             if isolating:
-                isolate(course, private, user)
+                isolate(course, private, uid, gid)
             limit_resources()
             os.execve(sys.executable, [sys.executable, "-m", "ipykernel_launcher", *argv],
                       kernel_environment(private) if isolating else os.environ)

@@ -1,6 +1,7 @@
 """course.grader's pieces that need no kernel: what the test cells' namespace takes from the
 student's kernel, what a request carries, and how a returned model is rebuilt."""
 import base64
+import contextlib
 import io
 import pickle
 import types
@@ -8,7 +9,7 @@ import types
 import pytest
 import torch
 
-from course import grader
+from course import autograde, grader
 from lib import grading
 
 
@@ -112,3 +113,45 @@ def test_a_student_exception_comes_back_as_its_builtin_type_or_a_named_one():
     assert grader._exception_type("CallFailed") is not grading.CallFailed
     with pytest.raises(pickle.UnpicklingError):
         grading._Requests(io.BytesIO(pickle.dumps(None))).persistent_load(("other", "x"))
+
+
+class FlakyStart(grader.GradingExecute):
+    """A grader whose kernel fails to start the first ``failures`` times (as when two graders'
+    kernels race for the same ports); the kernel itself is a stand-in."""
+
+    def __init__(self, failures, **kwargs):
+        super().__init__(**kwargs)
+        self.failures, self.starts = failures, 0
+
+    @contextlib.contextmanager
+    def setup_kernel(self, **kwargs):
+        self.starts += 1
+        if self.starts <= self.failures:
+            raise RuntimeError("Kernel died before replying to kernel_info")
+        self.kc = types.SimpleNamespace(kernel_info=lambda: "msg-id")
+        yield
+
+    def wait_for_reply(self, msg_id, cell=None):
+        return {"content": {"status": "ok"}}
+
+
+def test_a_kernel_that_fails_to_start_is_started_again_then_the_notebook_fails_with_why(monkeypatch):
+    monkeypatch.setattr(grader.time, "sleep", lambda s: None)
+    flaky = FlakyStart(failures=2, start_tries=3)
+    with flaky._started_kernel():
+        pass
+    assert flaky.starts == 3
+    broken = FlakyStart(failures=3, start_tries=3)
+    with pytest.raises(RuntimeError, match=r"did not start \(3 tries; last: RuntimeError: Kernel died"):
+        with broken._started_kernel():
+            pytest.fail("graded without a kernel")
+
+
+def test_a_failed_run_reports_the_exception_not_nbgraders_last_words(tmp_path):
+    log = tmp_path / "probe.log"
+    log.write_text("[AutogradeApp | ERROR] There was an error processing assignment: probe\n"
+                   "[AutogradeApp | ERROR] Traceback (most recent call last):\n"
+                   '  File "grader.py", line 1, in preprocess\n'
+                   "RuntimeError: the grading kernel did not start (3 tries)\n"
+                   "[AutogradeApp | ERROR] Please see the the above traceback for details\n")
+    assert autograde._last_error(log) == "RuntimeError: the grading kernel did not start (3 tries)"
