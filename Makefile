@@ -1,7 +1,8 @@
 # One command per task. Every target sets up .venv first if it is missing or stale.
 #   make book        build the book into _build/html (chapter pages executed, cached; MathJax offline)
-#   make test        the whole test suite (builds the book first; installs chromium for the browser tests
-#                    and PostgreSQL for the sharded-grading tests)
+#   make test        the whole test suite (lint and the book first; installs chromium for the browser
+#                    tests and PostgreSQL for the sharded-grading tests)
+#   make lint        ruff: lint and format check of the code, notebooks included (pyproject.toml)
 #   make lab         JupyterLab on the exercise notebooks
 #   make release     solutions/ -> notebooks/ (student versions, committed)
 #   make validate NB=notebooks/04-vae/04-vae.ipynb
@@ -18,7 +19,7 @@ STAMP  := $(VENV)/.installed
 COURSE := $(BIN)/python -m course
 JOBS   ?= 1
 
-.PHONY: install book test lab release validate autograde feedback grades bench clean mathjax browser postgres
+.PHONY: install lint book test lab release validate autograde feedback grades bench clean mathjax browser postgres
 
 install: $(STAMP)
 
@@ -34,8 +35,14 @@ book: $(STAMP) mathjax
 
 # The tests never touch a real gradebook: DB_URL is cleared (tests/test_shards.py starts its own server).
 test: export DB_URL =
-test: book browser postgres
+test: lint book browser postgres
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Lines of at most 90 characters, the width of a code cell in the book's column (the book's
+# MyST pages, which ruff does not read, are checked by tests/test_style.py).
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # MathJax for the offline book: `npm pack mathjax@3.2.2` from the npm registry, checked against
 # its pinned sha512, unpacked into book/_static/mathjax/ (git-ignored). A no-op once it is there,

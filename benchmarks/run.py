@@ -1,10 +1,12 @@
-"""Execution time of every chapter page and every solution notebook (budget: 60 s each on 2 CPU
-cores), and, with ``--book``, of a cold and a warm `make book` (goals: 6 min and 30 s).
+"""Execution time of every chapter page and every solution notebook (budget: 60 s each
+on 2 CPU cores), and, with ``--book``, of a cold and a warm `make book` (goals: 6 min
+and 30 s).
 
     .venv/bin/python benchmarks/run.py [--book]      # or: make bench
 
 Prints a table and writes the section "Pages and notebooks" of benchmarks/RESULTS.md.
 """
+
 import argparse
 import shutil
 import subprocess
@@ -25,7 +27,9 @@ BUDGET_S = 60
 
 def execute(nb, cwd: Path) -> float:
     start = time.perf_counter()
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
+    NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}
+    ).execute()
     return time.perf_counter() - start
 
 
@@ -37,21 +41,42 @@ def make_book() -> float:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--book", action="store_true", help="also time a cold and a warm `make book`")
+    parser.add_argument(
+        "--book", action="store_true", help="also time a cold and a warm `make book`"
+    )
     args = parser.parse_args(argv)
     rows = []
     for page in sorted((ROOT / "book").glob("[0-9][0-9]-*.md")):
         rows.append((f"book/{page.name}", execute(jupytext.read(page), page.parent)))
     for nb_path in sorted((ROOT / "solutions").glob("*/*.ipynb")):
-        rows.append((str(nb_path.relative_to(ROOT)), execute(nbformat.read(nb_path, as_version=4), nb_path.parent)))
-    lines = [machine(), "", *table(["notebook", "seconds", f"within {BUDGET_S} s"],
-                                   [[name, s, "yes" if s <= BUDGET_S else "NO"] for name, s in rows])]
+        rows.append(
+            (
+                str(nb_path.relative_to(ROOT)),
+                execute(nbformat.read(nb_path, as_version=4), nb_path.parent),
+            )
+        )
+    lines = [
+        machine(),
+        "",
+        *table(
+            ["notebook", "seconds", f"within {BUDGET_S} s"],
+            [[name, s, "yes" if s <= BUDGET_S else "NO"] for name, s in rows],
+        ),
+    ]
     if args.book:
         shutil.rmtree(ROOT / "_build", ignore_errors=True)
         cold = make_book()
         warm = make_book()
-        lines += ["", *table(["make book", "seconds", "goal"],
-                             [["cold (no _build)", cold, "≤ 360"], ["warm (nothing changed)", warm, "≤ 30"]])]
+        lines += [
+            "",
+            *table(
+                ["make book", "seconds", "goal"],
+                [
+                    ["cold (no _build)", cold, "≤ 360"],
+                    ["warm (nothing changed)", warm, "≤ 30"],
+                ],
+            ),
+        ]
     write_section("Pages and notebooks", lines)
 
 

@@ -1,26 +1,30 @@
-"""Sharded autograding: 1, 2 and 3 concurrent shards into one PostgreSQL gradebook, and what
-PostgreSQL costs per submission against SQLite.
+"""Sharded autograding: 1, 2 and 3 concurrent shards into one PostgreSQL gradebook, and
+what PostgreSQL costs per submission against SQLite.
 
     .venv/bin/python benchmarks/shards.py [--students 6] [--writes 40]
 
-Starts a throwaway PostgreSQL server (tests/test_shards.py's `postgres_server`, with PostgreSQL's
-default durability: fsync and synchronous commit on) and builds the class of tests/test_shards.py
-(two small "probe" assignments, right, wrong, blank and kernel-killing submissions) for
-``--students`` students. Then, each from a fresh gradebook:
+Starts a throwaway PostgreSQL server (tests/test_shards.py's `postgres_server`, with
+PostgreSQL's default durability: fsync and synchronous commit on) and builds the class
+of tests/test_shards.py (two small "probe" assignments, right, wrong, blank and
+kernel-killing submissions) for ``--students`` students. Then, each from a fresh
+gradebook:
 
-- one whole-class run into SQLite (``python -m course autograde``, the single-machine default);
+- one whole-class run into SQLite (``python -m course autograde``, the single-machine
+  default);
 - n = 1, 2, 3 shard processes started at once (``--shard i/n``), into PostgreSQL;
 
-and prints the wall time and submissions per second of each. On one machine, concurrent shards
-share its cores, so they show how far one machine scales and that the shards do not get in each
-other's way; the gain of several machines (one shard each) is not something one machine can show.
+and prints the wall time and submissions per second of each. On one machine, concurrent
+shards share its cores, so they show how far one machine scales and that the shards do
+not get in each other's way; the gain of several machines (one shard each) is not
+something one machine can show.
 
-The gradebook's own cost: ``--writes`` synthetic submissions written with nbgrader's API the way
-one graded submission is (the gradebook opened 8 times, as nbgrader's autograde steps and
-course.autograde do; the student and submission created; every grade written and committed; the
-scores read back), into SQLite and into PostgreSQL; seconds per submission for each.
-Writes the section "Sharded autograding" of benchmarks/RESULTS.md.
+The gradebook's own cost: ``--writes`` synthetic submissions written with nbgrader's API
+the way one graded submission is (the gradebook opened 8 times, as nbgrader's autograde
+steps and course.autograde do; the student and submission created; every grade written
+and committed; the scores read back), into SQLite and into PostgreSQL; seconds per
+submission for each. Writes the section "Sharded autograding" of benchmarks/RESULTS.md.
 """
+
 import argparse
 import itertools
 import os
@@ -50,21 +54,30 @@ def make_class(root: Path, students: int, db: str | None) -> int:
         for assignment in (A, B):
             folder = root / "submitted" / f"student{i:02d}" / assignment
             folder.mkdir(parents=True)
-            nbformat.write(answers(root, assignment, next(kinds)), folder / f"{assignment}.ipynb")
+            nbformat.write(
+                answers(root, assignment, next(kinds)), folder / f"{assignment}.ipynb"
+            )
     return 2 * students
 
 
 def reset(root: Path, db: str | None) -> None:
     for state in ("autograded", ".autograde", "feedback", "gradebook.db"):
         target = root / state
-        shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+        shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(
+            missing_ok=True
+        )
     course(root, "release", db=db)
 
 
 def grade(root: Path, shards: int | None, db: str | None) -> float:
-    """Wall seconds for ``shards`` concurrent shard processes (None: one unsharded run)."""
+    """Wall seconds for ``shards`` concurrent shard processes (None: one unsharded
+    run)."""
     start = time.perf_counter()
-    args = [["autograde"]] if shards is None else [["autograde", "--shard", f"{i}/{shards}"] for i in range(shards)]
+    args = (
+        [["autograde"]]
+        if shards is None
+        else [["autograde", "--shard", f"{i}/{shards}"] for i in range(shards)]
+    )
     processes = [course(root, *a, db=db, popen=True) for a in args]
     outputs = [p.communicate() for p in processes]
     seconds = time.perf_counter() - start
@@ -78,11 +91,14 @@ def scores(url: str) -> dict:
     from nbgrader.api import Gradebook
 
     with Gradebook(url) as gb:
-        return {(s.student.id, a.name): s.score for a in gb.assignments for s in a.submissions}
+        return {
+            (s.student.id, a.name): s.score for a in gb.assignments for s in a.submissions
+        }
 
 
 def gradebook_writes(url: str, count: int) -> float:
-    """Seconds per submission for the gradebook work of grading one (see the docstring)."""
+    """Seconds per submission for the gradebook work of grading one (see the
+    docstring)."""
     from nbgrader.api import Gradebook
 
     start = time.perf_counter()
@@ -130,10 +146,14 @@ def main() -> None:
             db = server.create_database(f"shards{shards}")
             reset(root, db)
             seconds = grade(root, shards, db)
-            assert scores(db) == reference, "sharded grading must give the single run's scores"
+            assert scores(db) == reference, (
+                "sharded grading must give the single run's scores"
+            )
             label = "1 shard" if shards == 1 else f"{shards} concurrent shards"
             rows.append([f"PostgreSQL, {label}", shards, seconds, n / seconds])
-        reset(root, None)  # a fresh SQLite gradebook with the assignments, for the write benchmark
+        reset(
+            root, None
+        )  # a fresh SQLite gradebook with the assignments, for the write benchmark
         writes_sqlite = gradebook_writes(sqlite, args.writes)
         db = server.create_database("writes")
         reset(root, db)
@@ -141,31 +161,68 @@ def main() -> None:
     report(rows, n, args.students, args.writes, writes_sqlite, writes_pg)
 
 
-def report(rows: list[list], n: int, students: int, writes: int, writes_sqlite: float, writes_pg: float) -> None:
+def report(
+    rows: list[list],
+    n: int,
+    students: int,
+    writes: int,
+    writes_sqlite: float,
+    writes_pg: float,
+) -> None:
     """Write the section of RESULTS.md from the measured numbers."""
     sqlite_run, single = rows[0][2], rows[1][2]
-    write_section("Sharded autograding", [
-        machine(), "",
-        f"`benchmarks/shards.py --students {students}`: {n} submissions ({students} students x 2 small "
-        "assignments of tests/test_shards.py; right, wrong, blank and kernel-killing answers), each run from a fresh "
-        "gradebook; PostgreSQL 15 on a local unix socket with its default durability (fsync on).", "",
-        *table(["run", "processes", "wall seconds", "submissions per second"], rows), "",
-        f"Speed-up of 2 and 3 concurrent shards over 1: {single / rows[2][2]:.2f}x and {single / rows[3][2]:.2f}x. "
-        "Every run gave the same scores. On one machine the shards share its cores (here "
-        f"{os.cpu_count()}, and whatever else runs on them): one shard keeps about one core busy, so two can "
-        "at best double the rate and a third only adds contention. What sharding is for, one shard per machine, "
-        "scales with the machines and cannot be shown on one; the table shows that concurrent shards into one "
-        "gradebook neither collide nor serialise each other.", "",
-        *table(["gradebook", "seconds per submission (gradebook work only)"],
-               [["SQLite (gradebook.db)", writes_sqlite], ["PostgreSQL (unix socket)", writes_pg]]), "",
-        f"PostgreSQL's write overhead: {1000 * (writes_pg - writes_sqlite):+.0f} ms per submission against SQLite "
-        f"({writes} synthetic submissions, the gradebook opened 8 times each as in one grading: nbgrader's "
-        "Gradebook checks its tables at every open, a few round trips each); next to the "
-        f"{single / n:.1f} s of wall time one shard spends per submission here, that is "
-        f"{100 * abs(writes_pg - writes_sqlite) / (single / n):.1f}%. Over a network, add the round-trip time "
-        "for each of those queries. The whole-run difference between SQLite and one PostgreSQL shard, "
-        f"{(single - sqlite_run) / n:+.1f} s per submission, is not PostgreSQL's: the runs are single, one after "
-        "the other, on a machine others were using; only the gradebook-only numbers isolate the database."])
+    write_section(
+        "Sharded autograding",
+        [
+            machine(),
+            "",
+            f"`benchmarks/shards.py --students {students}`: {n} submissions "
+            f"({students} students x 2 small "
+            "assignments of tests/test_shards.py; right, wrong, blank and "
+            "kernel-killing answers), each run from a fresh "
+            "gradebook; PostgreSQL 15 on a local unix socket with its default "
+            "durability (fsync on).",
+            "",
+            *table(["run", "processes", "wall seconds", "submissions per second"], rows),
+            "",
+            f"Speed-up of 2 and 3 concurrent shards over 1: {single / rows[2][2]:.2f}x "
+            f"and {single / rows[3][2]:.2f}x. "
+            "Every run gave the same scores. On one machine the shards share its cores "
+            "(here "
+            f"{os.cpu_count()}, and whatever else runs on them): one shard keeps about "
+            f"one core busy, so two can "
+            "at best double the rate and a third only adds contention. What sharding "
+            "is for, one shard per machine, "
+            "scales with the machines and cannot be shown on one; the table shows that "
+            "concurrent shards into one "
+            "gradebook neither collide nor serialise each other.",
+            "",
+            *table(
+                ["gradebook", "seconds per submission (gradebook work only)"],
+                [
+                    ["SQLite (gradebook.db)", writes_sqlite],
+                    ["PostgreSQL (unix socket)", writes_pg],
+                ],
+            ),
+            "",
+            f"PostgreSQL's write overhead: {1000 * (writes_pg - writes_sqlite):+.0f} "
+            f"ms per submission against SQLite "
+            f"({writes} synthetic submissions, the gradebook opened 8 times each as in "
+            f"one grading: nbgrader's "
+            "Gradebook checks its tables at every open, a few round trips each); next "
+            "to the "
+            f"{single / n:.1f} s of wall time one shard spends per submission here, "
+            f"that is "
+            f"{100 * abs(writes_pg - writes_sqlite) / (single / n):.1f}%. Over a "
+            f"network, add the round-trip time "
+            "for each of those queries. The whole-run difference between SQLite and "
+            "one PostgreSQL shard, "
+            f"{(single - sqlite_run) / n:+.1f} s per submission, is not PostgreSQL's: "
+            f"the runs are single, one after "
+            "the other, on a machine others were using; only the gradebook-only "
+            "numbers isolate the database.",
+        ],
+    )
 
 
 if __name__ == "__main__":

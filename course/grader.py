@@ -1,29 +1,32 @@
 """Grading one notebook: the student's cells run in their kernel, the test cells run here.
 
 `GradingExecute` is nbgrader's Execute preprocessor for untrusted notebooks (named in
-nbgrader_config.py, so ``make autograde``, ``nbgrader autograde`` and the formgrader all take
-this path). It runs the submission cell by cell:
+nbgrader_config.py, so ``make autograde``, ``nbgrader autograde`` and the formgrader all
+take this path). It runs the submission cell by cell:
 
-- **The student's cells** (solutions, cells they added, the setup cell) run in the student's
-  kernel, the resource-limited ``dgm-grader`` kernel of `course.sandbox`.
+- **The student's cells** (solutions, cells they added, the setup cell) run in the
+  student's kernel, the resource-limited ``dgm-grader`` kernel of `course.sandbox`.
 - **The test cells and the demo cells after them** never go to the kernel. Their source is
-  taken from the gradebook (what the instructor released, hidden tests included, whatever the
-  submission says), and they run in this process, in a namespace of their own. The setup cell
-  runs here too, so the test cells find the same data and classes as the student's code.
-  A name that no instructor cell defines (the student's functions) is looked up in the
-  student's kernel and becomes a `lib.grading.Remote`: calling it sends the inputs there, runs
-  the function under the blocked shortcuts, and brings the result back as plain data, which
-  `lib.grading.decode` checks node by node. Oracles, expected values and comparisons stay here.
-  This process never runs student code, so nothing the student's code does in its kernel
-  (patching helpers or torch, reading frames or history, IPython hooks) changes a verdict.
+  taken from the gradebook (what the instructor released, hidden tests included,
+  whatever the submission says), and they run in this process, in a namespace of their
+  own. The setup cell runs here too, so the test cells find the same data and classes as
+  the student's code. A name that no instructor cell defines (the student's functions)
+  is looked up in the student's kernel and becomes a `lib.grading.Remote`: calling it
+  sends the inputs there, runs the function under the blocked shortcuts, and brings the
+  result back as plain data, which `lib.grading.decode` checks node by node. Oracles,
+  expected values and comparisons stay here. This process never runs student code, so
+  nothing the student's code does in its kernel (patching helpers or torch, reading
+  frames or history, IPython hooks) changes a verdict.
 - A test cell's outputs are written here, so nbgrader scores the grader's verdict.
 
-Kernel deaths and hangs cost only the cell they happen in (a fresh kernel replays the student's
-earlier cells); a notebook that runs too long is stopped; outputs are cut to a readable size.
-What a submission changed that grading relies on (torch's comparisons, ``lib``, builtins,
-IPython's hooks) is reported by the kernel after each student cell and written to
-``.autograde/findings/``: a courtesy to the instructor, never what a score relies on.
+Kernel deaths and hangs cost only the cell they happen in (a fresh kernel replays the
+student's earlier cells); a notebook that runs too long is stopped; outputs are cut to a
+readable size. What a submission changed that grading relies on (torch's comparisons,
+``lib``, builtins, IPython's hooks) is reported by the kernel after each student cell
+and written to ``.autograde/findings/``: a courtesy to the instructor, never what a
+score relies on.
 """
+
 import ast
 import base64
 import builtins
@@ -56,17 +59,22 @@ from traitlets import Integer
 from course import sandbox
 from lib import grading
 
-FINDINGS = Path(".autograde") / "findings"  # per student and assignment: what the kernel reported
+FINDINGS = (
+    Path(".autograde") / "findings"
+)  # per student and assignment: what the kernel reported
 LOST = {
-    DeadKernelError: "the kernel died while running this cell (a crash, os._exit, too much memory "
-                     "or too many processes)",
-    CellTimeoutError: "this cell ran past its time limit and did not stop when interrupted",
+    DeadKernelError: "the kernel died while running this cell (a crash, os._exit, too "
+    "much memory "
+    "or too many processes)",
+    CellTimeoutError: "this cell ran past its time limit and did not stop when "
+    "interrupted",
 }
 
 
 class KernelLost(BaseException):
-    """The kernel died or hung during a call from a test cell. A BaseException, so that a test
-    cell's ``except Exception`` does not swallow it: the cell scores 0 and the kernel is replaced."""
+    """The kernel died or hung during a call from a test cell. A BaseException, so that
+    a test cell's ``except Exception`` does not swallow it: the cell scores 0 and the
+    kernel is replaced."""
 
     def __init__(self, kind):
         super().__init__(LOST[kind])
@@ -75,15 +83,23 @@ class KernelLost(BaseException):
 
 def _error(cell, ename: str, evalue: str, traceback_lines=None) -> None:
     """Give a cell an error output: nbgrader scores a test cell with an error as 0."""
-    cell.outputs.append(nbformat.v4.new_output("error", ename=ename, evalue=evalue,
-                                               traceback=traceback_lines or [f"{ename}: {evalue}"]))
+    cell.outputs.append(
+        nbformat.v4.new_output(
+            "error",
+            ename=ename,
+            evalue=evalue,
+            traceback=traceback_lines or [f"{ename}: {evalue}"],
+        )
+    )
 
 
 # ----------------------------------------------------------------------------------------
 # The instructor's cells
 
+
 def bound_names(source: str) -> set[str]:
-    """Every name a cell binds anywhere (assignments, defs, imports, loop targets, parameters)."""
+    """Every name a cell binds anywhere (assignments, defs, imports, loop targets,
+    parameters)."""
     names = set()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
@@ -100,9 +116,9 @@ def bound_names(source: str) -> set[str]:
 
 
 class Trusted:
-    """The instructor's code cells of one notebook, in the release's order, with the sources the
-    gradebook holds: ``setup`` (locked cells before the first test), ``tests`` and ``demos``
-    (locked cells after it)."""
+    """The instructor's code cells of one notebook, in the release's order, with the
+    sources the gradebook holds: ``setup`` (locked cells before the first test),
+    ``tests`` and ``demos`` (locked cells after it)."""
 
     def __init__(self, resources: dict, release_directory: str):
         info = resources["nbgrader"]
@@ -114,8 +130,10 @@ class Trusted:
             graded = {c.name for c in nb.grade_cells} - solutions
         release = Path(release_directory) / assignment / f"{notebook}.ipynb"
         if release.exists():
-            order = [c.metadata.get("nbgrader", {}).get("grade_id")
-                     for c in nbformat.read(release, as_version=4).cells]
+            order = [
+                c.metadata.get("nbgrader", {}).get("grade_id")
+                for c in nbformat.read(release, as_version=4).cells
+            ]
         else:  # graded without the release at hand: the gradebook's own order
             order = list(sources)
         self.setup, self.tests, self.demos = {}, {}, {}
@@ -134,8 +152,9 @@ class Trusted:
 
 
 class Namespace(dict):
-    """The test cells' globals. A name that no instructor cell binds and that is not a builtin is
-    looked up in the student's kernel (`Session.lookup`); nothing else ever comes from there."""
+    """The test cells' globals. A name that no instructor cell binds and that is not a
+    builtin is looked up in the student's kernel (`Session.lookup`); nothing else ever
+    comes from there."""
 
     def __init__(self, trusted_names: set[str], session: "Session"):
         super().__init__(__name__="__main__", __builtins__=builtins)
@@ -146,13 +165,16 @@ class Namespace(dict):
     def __missing__(self, name):
         if name in vars(builtins) or name in self.trusted_names or name.startswith("__"):
             raise KeyError(name)
-        value = self.session.lookup(name)  # raises KeyError when the kernel has no such name
+        value = self.session.lookup(
+            name
+        )  # raises KeyError when the kernel has no such name
         self[name] = value
         self.from_kernel.add(name)
         return value
 
     def forget_kernel_values(self) -> None:
-        """Drop what was fetched from the kernel: the next test cell sees the kernel as it is then."""
+        """Drop what was fetched from the kernel: the next test cell sees the kernel as
+        it is then."""
         for name in self.from_kernel:
             self.pop(name, None)
         self.from_kernel.clear()
@@ -161,8 +183,13 @@ class Namespace(dict):
 # ----------------------------------------------------------------------------------------
 # Requests to the student's kernel
 
+
 def _global_loads(code: types.CodeType) -> set[str]:
-    names = {i.argval for i in dis.get_instructions(code) if i.opname in ("LOAD_GLOBAL", "LOAD_NAME")}
+    names = {
+        i.argval
+        for i in dis.get_instructions(code)
+        if i.opname in ("LOAD_GLOBAL", "LOAD_NAME")
+    }
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
             names |= _global_loads(const)
@@ -170,8 +197,9 @@ def _global_loads(code: types.CodeType) -> set[str]:
 
 
 class _Request(pickle.Pickler):
-    """Pickles a call for the kernel: the student's functions by name, modules by name, and the
-    functions and classes of the test cells by their code and the globals they read."""
+    """Pickles a call for the kernel: the student's functions by name, modules by name,
+    and the functions and classes of the test cells by their code and the globals they
+    read."""
 
     def __init__(self, file, namespace: Namespace):
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
@@ -185,7 +213,9 @@ class _Request(pickle.Pickler):
             return importlib.import_module, (obj.__name__,)
         if getattr(obj, "__module__", None) != "__main__":
             return NotImplemented
-        if isinstance(obj, type):  # a class of the setup cell: the kernel has the same one
+        if isinstance(
+            obj, type
+        ):  # a class of the setup cell: the kernel has the same one
             return grading.user_global, (obj.__qualname__,)
         if isinstance(obj, types.FunctionType):
             names = {}
@@ -194,9 +224,17 @@ class _Request(pickle.Pickler):
                     names[name] = self.namespace[name]
                 except KeyError:
                     continue
-            closure = [c.cell_contents for c in obj.__closure__] if obj.__closure__ else None
-            return grading.rebuild_function, (marshal.dumps(obj.__code__), obj.__name__, names,
-                                              obj.__defaults__, obj.__kwdefaults__, closure)
+            closure = (
+                [c.cell_contents for c in obj.__closure__] if obj.__closure__ else None
+            )
+            return grading.rebuild_function, (
+                marshal.dumps(obj.__code__),
+                obj.__name__,
+                names,
+                obj.__defaults__,
+                obj.__kwdefaults__,
+                closure,
+            )
         return NotImplemented
 
 
@@ -207,7 +245,8 @@ class Session:
         self.client = client
         self.namespace: Namespace | None = None
         self.calls = 0
-        self.streams: list = []  # what the student's functions printed, for the test cell's output
+        # what the student's functions printed, for the test cell's output
+        self.streams: list = []
 
     def _send(self, request: tuple) -> dict:
         buffer = io.BytesIO()
@@ -221,36 +260,49 @@ class Session:
         if reply.get("callable"):
             return grading.Remote(name, self)
         if "unsendable" in reply:
-            raise grading.CallFailed(f"`{name}` in your notebook is {reply['unsendable']}, which "
-                                     "cannot be sent to the grader")
+            raise grading.CallFailed(
+                f"`{name}` in your notebook is {reply['unsendable']}, which "
+                "cannot be sent to the grader"
+            )
         return self._decode(reply, name)
 
     def _seed(self) -> int:
-        """A seed for the call from the grader's torch state, without drawing from it: the same
-        test cell seeds the same calls, and the test's own draws are left as they were."""
+        """A seed for the call from the grader's torch state, without drawing from it:
+        the same test cell seeds the same calls, and the test's own draws are left as
+        they were."""
         self.calls += 1
-        state = torch.random.get_rng_state().numpy().tobytes() + self.calls.to_bytes(8, "little")
+        state = torch.random.get_rng_state().numpy().tobytes() + self.calls.to_bytes(
+            8, "little"
+        )
         return int.from_bytes(hashlib.sha256(state).digest()[:7], "little")
 
     def invoke(self, fn, args, kwargs, blocked=(), seed: int | None = -1):
-        """Run ``fn(*args, **kwargs)`` in the kernel with ``blocked`` shortcuts raising, torch
-        seeded from the grader's state (``seed=None``: not seeded)."""
+        """Run ``fn(*args, **kwargs)`` in the kernel with ``blocked`` shortcuts raising,
+        torch seeded from the grader's state (``seed=None``: not seeded)."""
         where = grading.describe_call(fn, args, kwargs)
         seed = self._seed() if seed == -1 else seed
         try:
-            reply = self._send(("call", fn, tuple(args), dict(kwargs), tuple(blocked), seed))
+            reply = self._send(
+                ("call", fn, tuple(args), dict(kwargs), tuple(blocked), seed)
+            )
         except (pickle.PicklingError, TypeError, AttributeError) as err:
-            raise grading.CallFailed(f"the grader could not send the inputs of {where}: {err}") from None
+            raise grading.CallFailed(
+                f"the grader could not send the inputs of {where}: {err}"
+            ) from None
         if "raised" in reply:
             name, message = reply["raised"]
             if name == "KeyboardInterrupt":
-                raise grading.CallFailed(f"{where} did not return within {self.client.timeout} s "
-                                         "(the time limit of a cell)")
+                raise grading.CallFailed(
+                    f"{where} did not return within {self.client.timeout} s "
+                    "(the time limit of a cell)"
+                )
             raise _exception_type(str(name))(str(message))
         if "unsendable" in reply:
-            raise grading.CallFailed(f"{where} returned {reply['unsendable']}, which cannot be sent "
-                                     "to the grader: return torch tensors, numbers, strings, or "
-                                     "lists, tuples and dicts of them")
+            raise grading.CallFailed(
+                f"{where} returned {reply['unsendable']}, which cannot be sent "
+                "to the grader: return torch tensors, numbers, strings, or "
+                "lists, tuples and dicts of them"
+            )
         return self._decode(reply, where)
 
     def _decode(self, reply: dict, where: str):
@@ -259,35 +311,49 @@ class Session:
         except grading.CallFailed:
             raise
         except Exception as err:
-            raise grading.CallFailed(f"the result of {where} could not be read "
-                                     f"({type(err).__name__}: {str(err)[:200]})") from None
+            raise grading.CallFailed(
+                f"the result of {where} could not be read "
+                f"({type(err).__name__}: {str(err)[:200]})"
+            ) from None
 
     def _rebuild(self, classes: list[str], config: dict, state: dict) -> torch.nn.Module:
-        """A module that came back as (classes, config, state_dict), rebuilt from the nearest
-        class in its hierarchy that the instructor's cells or ``lib`` define."""
+        """A module that came back as (classes, config, state_dict), rebuilt from the
+        nearest class in its hierarchy that the instructor's cells or ``lib`` define."""
         for qualified in classes:
             module_name, _, qualname = qualified.rpartition(".")
             cls = None
             if module_name == "__main__" and qualname in self.namespace.trusted_names:
                 cls = dict.get(self.namespace, qualname)
-            elif (module_name == "lib" or module_name.startswith("lib.")) and "." not in qualname:
+            elif (
+                module_name == "lib" or module_name.startswith("lib.")
+            ) and "." not in qualname:
                 cls = getattr(importlib.import_module(module_name), qualname, None)
             if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
                 continue
             wanted = inspect.signature(cls).parameters
             kwargs = {k: v for k, v in config.items() if k in wanted}
-            with torch.device("meta"):  # the shapes first: a forged config cannot exhaust memory
-                shapes = {k: tuple(v.shape) for k, v in cls(**kwargs).state_dict().items()}
-            got = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+            with torch.device(
+                "meta"
+            ):  # the shapes first: a forged config cannot exhaust memory
+                shapes = {
+                    k: tuple(v.shape) for k, v in cls(**kwargs).state_dict().items()
+                }
+            got = {
+                k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)
+            }
             if shapes != got:
-                raise grading.CallFailed(f"returned a {qualname} whose weights do not match "
-                                         f"{qualname}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})")
+                raise grading.CallFailed(
+                    f"returned a {qualname} whose weights do not match "
+                    f"{qualname}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
+                )
             model = cls(**kwargs)
             model.load_state_dict(state, strict=True)
             return model
-        raise grading.CallFailed(f"returned a model of class {classes[0]}, which the grader cannot "
-                                 "rebuild: return a model of a class that the notebook's setup or "
-                                 "lib defines")
+        raise grading.CallFailed(
+            f"returned a model of class {classes[0]}, which the grader cannot "
+            "rebuild: return a model of a class that the notebook's setup or "
+            "lib defines"
+        )
 
     @contextmanager
     def timing(self):
@@ -302,22 +368,36 @@ _EXCEPTIONS: dict[str, type] = {}
 
 
 def _exception_type(name: str) -> type:
-    """The builtin exception of that name, or an Exception subclass named like the student's."""
+    """The builtin exception of that name, or an Exception subclass named like the
+    student's."""
     found = getattr(builtins, name, None)
-    if isinstance(found, type) and issubclass(found, Exception) and found is not grading.CallFailed:
+    if (
+        isinstance(found, type)
+        and issubclass(found, Exception)
+        and found is not grading.CallFailed
+    ):
         return found
-    return _EXCEPTIONS.setdefault(name, type(name if name.isidentifier() else "Error", (Exception,), {}))
+    return _EXCEPTIONS.setdefault(
+        name, type(name if name.isidentifier() else "Error", (Exception,), {})
+    )
 
 
 # ----------------------------------------------------------------------------------------
 # The preprocessor
 
+
 class GradingExecute(Execute):
     """nbgrader's Execute for untrusted notebooks: see the module docstring."""
 
-    notebook_timeout = Integer(600, help="Seconds for the whole notebook; cells after it get an error.").tag(config=True)
-    max_kernel_restarts = Integer(3, help="Kernel deaths tolerated before the remaining cells are given up.").tag(config=True)
-    max_output_chars = Integer(10_000, help="Characters kept of each output.").tag(config=True)
+    notebook_timeout = Integer(
+        600, help="Seconds for the whole notebook; cells after it get an error."
+    ).tag(config=True)
+    max_kernel_restarts = Integer(
+        3, help="Kernel deaths tolerated before the remaining cells are given up."
+    ).tag(config=True)
+    max_output_chars = Integer(10_000, help="Characters kept of each output.").tag(
+        config=True
+    )
     max_outputs = Integer(50, help="Outputs kept per cell.").tag(config=True)
 
     def preprocess(self, nb, resources=None, km=None):
@@ -325,13 +405,20 @@ class GradingExecute(Execute):
         self.reset_execution_trackers()
         self._check_assign_resources(resources)
         sandbox.prepare()  # the kernelspec and, as root, the unprivileged user
-        os.environ["DGM_COURSE_ROOT"] = os.getcwd()  # the kernel's launcher hides its secrets
-        os.environ["DGM_PROGRESS"] = "0"  # no progress bars in graded notebooks (lib.train.show_progress)
-        release_directory = self.config.CourseDirectory.get("release_directory", "release")
+        os.environ["DGM_COURSE_ROOT"] = (
+            os.getcwd()
+        )  # the kernel's launcher hides its secrets
+        # no progress bars in graded notebooks (lib.train.show_progress)
+        os.environ["DGM_PROGRESS"] = "0"
+        release_directory = self.config.CourseDirectory.get(
+            "release_directory", "release"
+        )
         self.trusted = Trusted(self.resources, release_directory)
         self.session = Session(self)
         self.session.namespace = Namespace(self.trusted.names, self.session)
-        grading.GRADER = self.session  # probes called from the test cells run in the kernel
+        grading.GRADER = (
+            self.session
+        )  # probes called from the test cells run in the kernel
         self.findings: list[str] = []
         self._setup_done = False
         deadline = self._deadline = time.monotonic() + self.notebook_timeout
@@ -341,17 +428,27 @@ class GradingExecute(Execute):
             with self._started_kernel():
                 try:
                     self._kernel_request_report(reset=True)
-                    for i in ran:  # a fresh kernel after a death: restore the state, keep the outputs
-                        self.execute_cell(copy.deepcopy(nb.cells[i]), i, store_history=False)
+                    # a fresh kernel after a death: restore the state, keep the outputs
+                    for i in ran:
+                        self.execute_cell(
+                            copy.deepcopy(nb.cells[i]), i, store_history=False
+                        )
                     self._kernel_request_report(reset=True)
                 except (DeadKernelError, CellTimeoutError, KernelLost):
-                    self._give_up(todo, "the kernel was lost again while re-running the cells before this one")
+                    self._give_up(
+                        todo,
+                        "the kernel was lost again while re-running the cells before "
+                        "this one",
+                    )
                     break
                 while todo:
                     i = todo.pop(0)
                     cell = nb.cells[i]
                     if time.monotonic() > deadline:
-                        self._give_up([i, *todo], f"the notebook ran past its {self.notebook_timeout} s limit")
+                        self._give_up(
+                            [i, *todo],
+                            f"the notebook ran past its {self.notebook_timeout} s limit",
+                        )
                         todo = []
                         break
                     name = cell.metadata.get("nbgrader", {}).get("grade_id")
@@ -361,30 +458,44 @@ class GradingExecute(Execute):
                         else:
                             self.preprocess_cell(cell, resources, i)
                             ran.append(i)
-                            self._kernel_request_report(reset=name in self.trusted.setup, cell_name=name or f"cell {i}")
+                            self._kernel_request_report(
+                                reset=name in self.trusted.setup,
+                                cell_name=name or f"cell {i}",
+                            )
                     except (DeadKernelError, CellTimeoutError, KernelLost) as lost:
                         kind = lost.kind if isinstance(lost, KernelLost) else type(lost)
-                        kind = kind if self._kernel_alive() else DeadKernelError  # a timeout may hide a death
-                        _error(cell, kind.__name__, LOST[kind] + "; the cells after it ran in a fresh kernel")
+                        kind = (
+                            kind if self._kernel_alive() else DeadKernelError
+                        )  # a timeout may hide a death
+                        _error(
+                            cell,
+                            kind.__name__,
+                            LOST[kind] + "; the cells after it ran in a fresh kernel",
+                        )
                         restarts += 1
                         if restarts > self.max_kernel_restarts:
                             self._give_up(todo, f"the kernel died {restarts} times")
                             todo = []
-                        break  # leaving the block cleans up the dead kernel; the loop starts a new one
+                        # leaving the block cleans up the dead kernel; the loop starts a
+                        # new one
+                        break
                     finally:
                         self._truncate(cell)
         self.set_widgets_metadata()
         self._write_findings()
         return self.nb, self.resources
 
-    start_tries = Integer(3, help="Tries to start a kernel before the notebook's grading fails.").tag(config=True)
+    start_tries = Integer(
+        3, help="Tries to start a kernel before the notebook's grading fails."
+    ).tag(config=True)
 
     @contextmanager
     def _started_kernel(self):
-        """`setup_kernel`, tried `start_tries` times: a start can fail for reasons that are not the
-        student's (two graders' kernels racing for the same ports, a busy machine). If every try
-        fails, the grading of this notebook fails with the reason, and is not recorded as done,
-        so the next ``autograde`` grades it again; no student's cell is scored for it."""
+        """`setup_kernel`, tried `start_tries` times: a start can fail for reasons that
+        are not the student's (two graders' kernels racing for the same ports, a busy
+        machine). If every try fails, the grading of this notebook fails with the
+        reason, and is not recorded as done, so the next ``autograde`` grades it again;
+        no student's cell is scored for it."""
         for attempt in range(1, self.start_tries + 1):
             stack = ExitStack()
             try:
@@ -395,22 +506,34 @@ class GradingExecute(Execute):
             except Exception as err:
                 stack.close()
                 if attempt == self.start_tries:
-                    raise RuntimeError(f"the grading kernel did not start ({attempt} tries; last: "
-                                       f"{type(err).__name__}: {err})") from err
-                self.log.warning("the grading kernel did not start (%s); trying again", err)
+                    raise RuntimeError(
+                        f"the grading kernel did not start ({attempt} tries; last: "
+                        f"{type(err).__name__}: {err})"
+                    ) from err
+                self.log.warning(
+                    "the grading kernel did not start (%s); trying again", err
+                )
                 time.sleep(attempt)
         with stack:
             yield
 
-    # -- the kernel's side -------------------------------------------------------------------
+    # -- the kernel's side
+    # -------------------------------------------------------------------
 
     def request(self, payload: bytes, streams: list) -> dict:
-        """Send one pickled request to the kernel's `lib.grading.serve`; return its reply."""
+        """Send one pickled request to the kernel's `lib.grading.serve`; return its
+        reply."""
         if time.monotonic() > self._deadline:
-            raise grading.CallFailed(f"the notebook ran past its {self.notebook_timeout} s limit")
+            raise grading.CallFailed(
+                f"the notebook ran past its {self.notebook_timeout} s limit"
+            )
         cell = nbformat.v4.new_code_cell(
-            f"__import__('lib.grading').grading.serve({base64.b64encode(payload).decode()!r})")
-        notebook, self.nb = self.nb, nbformat.v4.new_notebook(cells=[cell])  # nbclient writes it back
+            f"__import__('lib.grading').grading.serve({base64.b64encode(payload).decode()!r})"
+        )
+        notebook, self.nb = (
+            self.nb,
+            nbformat.v4.new_notebook(cells=[cell]),
+        )  # nbclient writes it back
         try:
             self.execute_cell(cell, 0, store_history=False)
         except (DeadKernelError, CellTimeoutError) as lost:
@@ -424,22 +547,30 @@ class GradingExecute(Execute):
             elif output.get("output_type") == "error":
                 errors.append(f"{output.get('ename')}: {str(output.get('evalue'))[:200]}")
                 if output.get("ename") == "CellTimeoutError":
-                    raise grading.CallFailed(f"your code did not return within {self.timeout} s "
-                                             "(the time limit of a cell)")
+                    raise grading.CallFailed(
+                        f"your code did not return within {self.timeout} s "
+                        "(the time limit of a cell)"
+                    )
             elif isinstance(output.get("data", {}).get(grading.REPLY_MIME), dict):
                 reply = output["data"][grading.REPLY_MIME]
         if reply is None:
-            raise grading.CallFailed("your kernel sent no answer to the grader's call"
-                                     + (f" ({'; '.join(errors)})" if errors else "")
-                                     + ": has code in your notebook changed how cells run?")
+            raise grading.CallFailed(
+                "your kernel sent no answer to the grader's call"
+                + (f" ({'; '.join(errors)})" if errors else "")
+                + ": has code in your notebook changed how cells run?"
+            )
         return reply
 
     def _kernel_request_report(self, reset: bool, cell_name: str = "") -> None:
-        """Ask the kernel what changed that grading relies on (best effort: it may lie)."""
+        """Ask the kernel what changed that grading relies on (best effort: it may
+        lie)."""
         try:
             found = self.session.invoke(grading.tamper_scan, (reset,), {}, seed=None)
         except Exception:
-            found = ["the kernel no longer answers the grader (were IPython's execution hooks changed?)"]
+            found = [
+                "the kernel no longer answers the grader (were IPython's execution "
+                "hooks changed?)"
+            ]
         if not reset and isinstance(found, list):
             for what in found[:10]:
                 if not any(f.endswith(f": {what}") for f in self.findings):
@@ -451,8 +582,9 @@ class GradingExecute(Execute):
     _kernel_alive = run_sync(_async_kernel_alive)
 
     def kernel_cpu_seconds(self) -> float:
-        """CPU seconds used by the kernel and every process below the supervisor, including
-        those it reaped (a student's code that forks the work out is counted too)."""
+        """CPU seconds used by the kernel and every process below the supervisor,
+        including those it reaped (a student's code that forks the work out is counted
+        too)."""
         supervisor = getattr(self.km.provisioner, "pid", None) if self.km else None
         if supervisor is None:
             return 0.0
@@ -462,10 +594,12 @@ class GradingExecute(Execute):
             total += sandbox.cpu_ticks(pid)
         return total / ticks
 
-    # -- the grader's side -------------------------------------------------------------------
+    # -- the grader's side
+    # -------------------------------------------------------------------
 
     def _run_here(self, cell, name: str) -> None:
-        """Run an instructor cell in this process (the setup first, once); write its outputs."""
+        """Run an instructor cell in this process (the setup first, once); write its
+        outputs."""
         namespace = self.session.namespace
         if not self._setup_done:
             self._setup_done = True
@@ -486,24 +620,34 @@ class GradingExecute(Execute):
                 exec(compile(source, filename, "exec"), self.session.namespace)
         except KernelLost:
             raise
-        except BaseException as err:  # a failed check, or any error in the test: the cell scores 0
-            frames = [f for f in traceback.extract_tb(err.__traceback__) if f.filename == filename]
+        except (
+            BaseException
+        ) as err:  # a failed check, or any error in the test: the cell scores 0
+            frames = [
+                f
+                for f in traceback.extract_tb(err.__traceback__)
+                if f.filename == filename
+            ]
             lines = traceback.format_list(frames) + [f"{type(err).__name__}: {err}"]
-            error = nbformat.v4.new_output("error", ename=type(err).__name__, evalue=str(err),
-                                           traceback=lines)
+            error = nbformat.v4.new_output(
+                "error", ename=type(err).__name__, evalue=str(err), traceback=lines
+            )
         else:
             error = None
         finally:
             import matplotlib.pyplot as plt
 
             plt.close("all")
-        outputs.extend(streams[:self.max_outputs])
+        outputs.extend(streams[: self.max_outputs])
         if printed.getvalue():
-            outputs.append(nbformat.v4.new_output("stream", name="stdout", text=printed.getvalue()))
+            outputs.append(
+                nbformat.v4.new_output("stream", name="stdout", text=printed.getvalue())
+            )
         if error is not None:
             outputs.append(error)
 
-    # -- limits ------------------------------------------------------------------------------
+    # -- limits
+    # ------------------------------------------------------------------------------
 
     def _give_up(self, indices, reason: str) -> None:
         for i in indices:
@@ -513,17 +657,27 @@ class GradingExecute(Execute):
         limit = self.max_output_chars
         if len(cell.outputs) > self.max_outputs:
             cut = len(cell.outputs) - self.max_outputs
-            cell.outputs = cell.outputs[:self.max_outputs] + [
-                nbformat.v4.new_output("stream", name="stdout", text=f"\n[... {cut} more outputs cut]\n")]
+            cell.outputs = cell.outputs[: self.max_outputs] + [
+                nbformat.v4.new_output(
+                    "stream", name="stdout", text=f"\n[... {cut} more outputs cut]\n"
+                )
+            ]
         for output in cell.outputs:
             if output.get("output_type") == "stream" and len(output.text) > limit:
-                output.text = output.text[:limit] + f"\n[... {len(output.text) - limit} characters cut]\n"
+                output.text = (
+                    output.text[:limit]
+                    + f"\n[... {len(output.text) - limit} characters cut]\n"
+                )
             for mime, value in list(output.get("data", {}).items()):
                 if isinstance(value, str) and len(value) > limit:
-                    output.data[mime] = value[:limit] + f"\n[... {len(value) - limit} characters cut]"
+                    output.data[mime] = (
+                        value[:limit] + f"\n[... {len(value) - limit} characters cut]"
+                    )
             if output.get("output_type") == "error":
                 output.evalue = output.evalue[:limit]
-                output.traceback = [line[:limit] for line in output.traceback[-self.max_outputs:]]
+                output.traceback = [
+                    line[:limit] for line in output.traceback[-self.max_outputs :]
+                ]
 
     def _write_findings(self) -> None:
         info = self.resources.get("nbgrader", {})
@@ -531,4 +685,6 @@ class GradingExecute(Execute):
             return
         path = FINDINGS / info["student"] / f"{info['assignment']}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"tampering": self.findings, "unprotected": os.geteuid() != 0}))
+        path.write_text(
+            json.dumps({"tampering": self.findings, "unprotected": os.geteuid() != 0})
+        )

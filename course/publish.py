@@ -1,4 +1,6 @@
-"""nbgrader's own steps, wrapped: release the student versions, return feedback, export grades."""
+"""nbgrader's own steps, wrapped: release the student versions, return feedback, export
+grades."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -8,9 +10,17 @@ from nbgrader.preprocessors import ClearHiddenTests
 from course.autograde import BIN, ENV, assignments
 
 
-def nbgrader(root: Path, *args: str, timeout: float | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "nbgrader"), *args], cwd=root, capture_output=True, text=True,
-                          timeout=timeout, env=ENV)
+def nbgrader(
+    root: Path, *args: str, timeout: float | None = None
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / "nbgrader"), *args],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=ENV,
+    )
 
 
 def release(root: Path) -> int:
@@ -24,11 +34,13 @@ def release(root: Path) -> int:
 
 
 class RedactHiddenTests(ClearHiddenTests):
-    """Feedback preprocessor: drop hidden-test code and the tracebacks that would quote it.
+    """Feedback preprocessor: drop hidden-test code and the tracebacks that would quote
+    it.
 
-    nbgrader's feedback shows the autograded notebook as it ran, hidden tests included. Here the
-    hidden region is cut out of each test cell, and an error output keeps only its last line
-    (``AssertionError: <what was called, returned, expected, and a hint>``).
+    nbgrader's feedback shows the autograded notebook as it ran, hidden tests included.
+    Here the hidden region is cut out of each test cell, and an error output keeps only
+    its last line (``AssertionError: <what was called, returned, expected, and a
+    hint>``).
     """
 
     enforce_metadata = False
@@ -38,7 +50,9 @@ class RedactHiddenTests(ClearHiddenTests):
             self._remove_hidden_test_region(cell)
             for output in cell.get("outputs", []):
                 if output.get("output_type") == "error":
-                    output["traceback"] = [f"{output.get('ename', 'Error')}: {output.get('evalue', '')}"]
+                    output["traceback"] = [
+                        f"{output.get('ename', 'Error')}: {output.get('evalue', '')}"
+                    ]
         return cell, resources
 
 
@@ -50,8 +64,6 @@ def feedback(root: Path, only: str | None = None) -> int:
             sys.stderr.write(done.stdout[-2000:] + done.stderr[-2000:])
             status = done.returncode
     return status
-
-
 
 
 def grades(root: Path) -> int:

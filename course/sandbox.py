@@ -1,37 +1,43 @@
-"""The grading kernel: ipykernel under resource limits, as an unprivileged user that sees no secrets.
+"""The grading kernel: ipykernel under resource limits, as an unprivileged user that
+sees no secrets.
 
-Students' code runs in a Jupyter kernel that `course.grader.GradingExecute` drives. This module
-is that kernel's launcher (the kernelspec ``dgm-grader``, written into the venv by `prepare`):
+Students' code runs in a Jupyter kernel that `course.grader.GradingExecute` drives. This
+module is that kernel's launcher (the kernelspec ``dgm-grader``, written into the venv
+by `prepare`):
 
     python course/sandbox.py -f <connection file>
 
 It stays as a small supervisor process and starts ipykernel below it, with
 
-- resource limits (inherited by anything the kernel starts): address space (`MEMORY_BYTES`),
-  size of any file written (`FILE_BYTES`), CPU seconds per process (`CPU_SECONDS`), no core
-  dumps, and the number of processes (RLIMIT_NPROC);
-- when grading runs as root (CI, a grading server, a container), a kernel that cannot reach
-  the grader or its secrets:
-  - it runs as a user id of its own (`kernel_uid`: one per kernel, none shared with the grader
-    or with another kernel graded at the same time) in the group of the system user `USER`
-    (created by `prepare` if missing), with no supplementary groups and ``no_new_privs``, so it
-    cannot signal, trace or read the memory of the grader. The process limit counts per user
-    id, so a fork bomb in one kernel cannot starve another of processes or threads;
+- resource limits (inherited by anything the kernel starts): address space
+  (`MEMORY_BYTES`), size of any file written (`FILE_BYTES`), CPU seconds per process
+  (`CPU_SECONDS`), no core dumps, and the number of processes (RLIMIT_NPROC);
+- when grading runs as root (CI, a grading server, a container), a kernel that cannot
+  reach the grader or its secrets:
+  - it runs as a user id of its own (`kernel_uid`: one per kernel, none shared with the
+    grader or with another kernel graded at the same time) in the group of the system
+    user `USER` (created by `prepare` if missing), with no supplementary groups and
+    ``no_new_privs``, so it cannot signal, trace or read the memory of the grader. The
+    process limit counts per user id, so a fork bomb in one kernel cannot starve another
+    of processes or threads;
   - in a mount namespace of its own, the course's secrets are covered by empty folders and
     files (`SECRETS`: solutions/, the gradebook, autograded/, submitted/ ...), and so is
     root's home, except the Python installation the kernel runs on;
-  - in a PID namespace of its own, it sees no other process (nor another student's kernel);
-  - its environment holds only `KEPT_ENV` (no database URL, no tokens), its home and working
-    folder are a fresh private folder, removed afterwards;
-- a watchdog: the supervisor is a "child subreaper", so every process the kernel starts stays
-  its descendant even when orphaned. When there are more than `PROCESSES` of them (a fork
-  bomb), all are killed, which the grader sees as a dead kernel;
+  - in a PID namespace of its own, it sees no other process (nor another student's
+    kernel);
+  - its environment holds only `KEPT_ENV` (no database URL, no tokens), its home and
+    working folder are a fresh private folder, removed afterwards;
+- a watchdog: the supervisor is a "child subreaper", so every process the kernel starts
+  stays its descendant even when orphaned. When there are more than `PROCESSES` of them
+  (a fork bomb), all are killed, which the grader sees as a dead kernel;
 - a clean exit: when the kernel stops, for whatever reason, or when the grader goes away,
-  every remaining descendant is killed, so nothing a submission started outlives its grading.
+  every remaining descendant is killed, so nothing a submission started outlives its
+  grading.
 
 Not as root, none of the isolation of the second point is possible: the kernel runs as the
 grader's own user, who owns the files. The autograde summary then says so, once.
 """
+
 import ctypes
 import hashlib
 import importlib.util
@@ -49,46 +55,102 @@ from pathlib import Path
 
 KERNEL_NAME = "dgm-grader"
 USER = "dgm-grader"
-MEMORY_BYTES = 6 * 2**30  # address space of each process: torch and a kernel need about 2 GiB
+MEMORY_BYTES = (
+    6 * 2**30
+)  # address space of each process: torch and a kernel need about 2 GiB
 FILE_BYTES = 64 * 2**20  # the largest file a submission may write
-CPU_SECONDS = 900  # CPU time of each process (the per-cell wall-clock timeout comes first)
+# CPU time of each process (the per-cell wall-clock timeout comes first)
+CPU_SECONDS = 900
 PROCESSES = 64  # processes a submission may run at once (the kernel included)
 WATCH_INTERVAL_S = 0.1
 # Course paths the kernel must not read (relative to the course root, where grading runs).
-SECRETS = ("solutions", "submitted", "autograded", "feedback", ".autograde", "notebooks",
-           "gradebook.db", "gradebook.db-journal", "tests", ".git", "nbgrader_config.py")
-KEPT_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "CUDA_VISIBLE_DEVICES", "DGM_DEVICE", "DGM_PROGRESS",
-            "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+SECRETS = (
+    "solutions",
+    "submitted",
+    "autograded",
+    "feedback",
+    ".autograde",
+    "notebooks",
+    "gradebook.db",
+    "gradebook.db-journal",
+    "tests",
+    ".git",
+    "nbgrader_config.py",
+)
+KEPT_ENV = (
+    "PATH",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "CUDA_VISIBLE_DEVICES",
+    "DGM_DEVICE",
+    "DGM_PROGRESS",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_CORETYPE",
+    "OPENBLAS_L2_SIZE",
+)
 PRIVATE_PREFIX = "dgm-kernel-"
-KERNEL_UID_BASE = 2**30  # kernel user ids: this plus the supervisor's pid (no passwd entry)
+KERNEL_UID_BASE = (
+    2**30
+)  # kernel user ids: this plus the supervisor's pid (no passwd entry)
 PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 36, 38
 CLONE_NEWNS, CLONE_NEWPID = 0x00020000, 0x20000000
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_BIND, MS_MOVE, MS_REC, MS_PRIVATE = 1, 2, 4, 4096, 8192, 16384, 1 << 18
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_BIND, MS_MOVE, MS_REC, MS_PRIVATE = (
+    1,
+    2,
+    4,
+    4096,
+    8192,
+    16384,
+    1 << 18,
+)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
 def isolated() -> bool:
-    """Whether kernels are isolated (only root can): the summary says so when they are not."""
+    """Whether kernels are isolated (only root can): the summary says so when they are
+    not."""
     return sys.platform == "linux" and os.geteuid() == 0
 
 
 def prepare(prefix: str = sys.prefix) -> Path:
-    """Write the ``dgm-grader`` kernelspec into ``<prefix>/share/jupyter/kernels`` and, as root,
-    create the unprivileged `USER` if it is missing (both idempotent)."""
+    """Write the ``dgm-grader`` kernelspec into ``<prefix>/share/jupyter/kernels`` and,
+    as root, create the unprivileged `USER` if it is missing (both idempotent)."""
     if isolated():
         try:
             pwd.getpwnam(USER)
         except KeyError:
-            done = subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
-                                   "--shell", "/usr/sbin/nologin", USER], capture_output=True, text=True)
+            done = subprocess.run(
+                [
+                    "useradd",
+                    "--system",
+                    "--no-create-home",
+                    "--home-dir",
+                    "/nonexistent",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                    USER,
+                ],
+                capture_output=True,
+                text=True,
+            )
             if done.returncode != 0 and "already exists" not in done.stderr:
-                raise SystemExit(f"cannot create the grading user {USER!r} (useradd: {done.stderr.strip()}); "
-                                 "create it by hand, or grade as a user other than root")
+                raise SystemExit(
+                    f"cannot create the grading user {USER!r} (useradd: "
+                    f"{done.stderr.strip()}); "
+                    "create it by hand, or grade as a user other than root"
+                )
     folder = Path(prefix) / "share" / "jupyter" / "kernels" / KERNEL_NAME
     folder.mkdir(parents=True, exist_ok=True)
     spec = {
-        "argv": [sys.executable, str(Path(__file__).resolve()), "-f", "{connection_file}"],
+        "argv": [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "-f",
+            "{connection_file}",
+        ],
         "display_name": "Python 3 (grading, resource-limited)",
         "language": "python",
         "metadata": {"debugger": False},
@@ -103,19 +165,28 @@ def prepare(prefix: str = sys.prefix) -> Path:
 # ----------------------------------------------------------------------------------------
 # Processes
 
+
 def limit_resources() -> None:
-    """Applied in the kernel process before ipykernel starts; inherited by its children."""
-    for limit, value in ((resource.RLIMIT_AS, MEMORY_BYTES), (resource.RLIMIT_FSIZE, FILE_BYTES),
-                         (resource.RLIMIT_CPU, CPU_SECONDS), (resource.RLIMIT_CORE, 0),
-                         (resource.RLIMIT_NPROC, user_tasks() + 4 * PROCESSES)):
+    """Applied in the kernel process before ipykernel starts; inherited by its
+    children."""
+    for limit, value in (
+        (resource.RLIMIT_AS, MEMORY_BYTES),
+        (resource.RLIMIT_FSIZE, FILE_BYTES),
+        (resource.RLIMIT_CPU, CPU_SECONDS),
+        (resource.RLIMIT_CORE, 0),
+        (resource.RLIMIT_NPROC, user_tasks() + 4 * PROCESSES),
+    ):
         soft, hard = resource.getrlimit(limit)
         if hard != resource.RLIM_INFINITY:
             value = min(value, hard)
-        resource.setrlimit(limit, (value, hard if hard != resource.RLIM_INFINITY else value))
+        resource.setrlimit(
+            limit, (value, hard if hard != resource.RLIM_INFINITY else value)
+        )
 
 
 def user_tasks() -> int:
-    """Processes and threads of this user now: RLIMIT_NPROC counts them all, not just ours."""
+    """Processes and threads of this user now: RLIMIT_NPROC counts them all, not just
+    ours."""
     uid, count = os.getuid(), 0
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
@@ -144,7 +215,8 @@ def cpu_ticks(pid: int, own: bool = True) -> int:
 
 
 def descendants(pid: int) -> list[int]:
-    """Every live process below ``pid`` (threads not counted), from the parent links in /proc."""
+    """Every live process below ``pid`` (threads not counted), from the parent links in
+    /proc."""
     children: dict[int, list[int]] = {}
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
@@ -193,19 +265,31 @@ def reap() -> dict[int, int]:
 # ----------------------------------------------------------------------------------------
 # Isolation (root only)
 
+
 def _check(result: int, what: str) -> None:
     if result != 0:
         errno = ctypes.get_errno()
         raise OSError(errno, f"{what}: {os.strerror(errno)}")
 
 
-def _mount(source: str, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
-    _check(_libc.mount(source.encode(), target.encode(), fstype.encode() if fstype else None,
-                       ctypes.c_ulong(flags), data.encode() if data else None), f"mount {target}")
+def _mount(
+    source: str, target: str, fstype: str | None, flags: int, data: str | None = None
+) -> None:
+    _check(
+        _libc.mount(
+            source.encode(),
+            target.encode(),
+            fstype.encode() if fstype else None,
+            ctypes.c_ulong(flags),
+            data.encode() if data else None,
+        ),
+        f"mount {target}",
+    )
 
 
 def _hide(path: Path) -> None:
-    """Cover ``path`` with an empty, unreadable folder or file (in this mount namespace only)."""
+    """Cover ``path`` with an empty, unreadable folder or file (in this mount namespace
+    only)."""
     if path.is_symlink() or not path.exists():
         return
     if path.is_dir():
@@ -217,8 +301,13 @@ def _hide(path: Path) -> None:
 def _hide_root_home(keep: list[Path], staging: Path) -> None:
     """Cover root's home, then bring back the folders below it that the kernel runs on."""
     home = Path(pwd.getpwuid(0).pw_dir).resolve()
-    needed = sorted({p for p in keep if p.is_relative_to(home) and p != home}, key=lambda p: len(p.parts))
-    needed = [p for p in needed if not any(p.is_relative_to(q) and p != q for q in needed)]
+    needed = sorted(
+        {p for p in keep if p.is_relative_to(home) and p != home},
+        key=lambda p: len(p.parts),
+    )
+    needed = [
+        p for p in needed if not any(p.is_relative_to(q) and p != q for q in needed)
+    ]
     staged = []
     for i, path in enumerate(needed):
         spot = staging / str(i)
@@ -232,10 +321,11 @@ def _hide_root_home(keep: list[Path], staging: Path) -> None:
 
 
 def kernel_uid(supervisor: int) -> int:
-    """The user id a kernel runs as: `KERNEL_UID_BASE` plus its supervisor's pid, which no other
-    live process has, so no two kernels share one. RLIMIT_NPROC counts a user id's processes
-    and threads together: with one id per kernel, the `PROCESSES` limit is each kernel's own.
-    Where that id is not mapped (a user namespace with a short id map), the `USER`'s id."""
+    """The user id a kernel runs as: `KERNEL_UID_BASE` plus its supervisor's pid, which
+    no other live process has, so no two kernels share one. RLIMIT_NPROC counts a user
+    id's processes and threads together: with one id per kernel, the `PROCESSES` limit
+    is each kernel's own. Where that id is not mapped (a user namespace with a short id
+    map), the `USER`'s id."""
     uid = KERNEL_UID_BASE + supervisor
     for line in Path("/proc/self/uid_map").read_text().splitlines():
         inside, _, count = (int(field) for field in line.split())
@@ -245,17 +335,27 @@ def kernel_uid(supervisor: int) -> int:
 
 
 def isolate(course: Path, private: Path, uid: int, gid: int) -> None:
-    """In the kernel's own process, before ipykernel starts: the namespaces, the hidden paths,
-    then the unprivileged user (run only as root)."""
+    """In the kernel's own process, before ipykernel starts: the namespaces, the hidden
+    paths, then the unprivileged user (run only as root)."""
     _check(_libc.unshare(CLONE_NEWNS), "unshare")
     _mount("none", "/", None, MS_REC | MS_PRIVATE)
     repository = lib_repository()
-    runtime = [Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve(), course.resolve(), repository]
+    runtime = [
+        Path(sys.base_prefix).resolve(),
+        Path(sys.prefix).resolve(),
+        course.resolve(),
+        repository,
+    ]
     _hide_root_home(runtime, private / ".mounts")
-    for folder in {course.resolve(), repository}:  # the course, and the repository lib is imported from
+    for folder in {
+        course.resolve(),
+        repository,
+    }:  # the course, and the repository lib is imported from
         for name in SECRETS:
             _hide(folder / name)
-    _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV)  # this PID namespace's processes only
+    _mount(
+        "proc", "/proc", "proc", MS_NOSUID | MS_NODEV
+    )  # this PID namespace's processes only
     os.setgroups([])
     os.setgid(gid)
     os.setuid(uid)
@@ -264,45 +364,71 @@ def isolate(course: Path, private: Path, uid: int, gid: int) -> None:
 
 
 def lib_repository() -> Path:
-    """The folder that holds the ``lib`` the kernel imports (this repository, for an editable
-    install): its solutions/ are as secret as the course's, when the course is elsewhere."""
+    """The folder that holds the ``lib`` the kernel imports (this repository, for an
+    editable install): its solutions/ are as secret as the course's, when the course is
+    elsewhere."""
     spec = importlib.util.find_spec("lib")
-    return Path(spec.origin).resolve().parents[1] if spec and spec.origin else Path(__file__).resolve().parents[1]
+    return (
+        Path(spec.origin).resolve().parents[1]
+        if spec and spec.origin
+        else Path(__file__).resolve().parents[1]
+    )
 
 
 def private_prefix(course: Path) -> str:
-    """The name prefix of the kernels' private folders for one course (tests find them by it)."""
-    return PRIVATE_PREFIX + hashlib.sha256(str(course.resolve()).encode()).hexdigest()[:8] + "-"
+    """The name prefix of the kernels' private folders for one course (tests find them
+    by it)."""
+    return (
+        PRIVATE_PREFIX
+        + hashlib.sha256(str(course.resolve()).encode()).hexdigest()[:8]
+        + "-"
+    )
 
 
 def kernel_environment(private: Path) -> dict[str, str]:
     env = {k: os.environ[k] for k in KEPT_ENV if k in os.environ}
-    env.update(USER=USER, LOGNAME=USER, HOME=str(private), TMPDIR=str(private), MPLCONFIGDIR=str(private / ".matplotlib"),
-               IPYTHONDIR=str(private / ".ipython"), PYTHONNOUSERSITE="1")
+    env.update(
+        USER=USER,
+        LOGNAME=USER,
+        HOME=str(private),
+        TMPDIR=str(private),
+        MPLCONFIGDIR=str(private / ".matplotlib"),
+        IPYTHONDIR=str(private / ".ipython"),
+        PYTHONNOUSERSITE="1",
+    )
     return env
 
 
 # ----------------------------------------------------------------------------------------
 # The supervisor
 
+
 def main(argv: list[str]) -> int:
     if sys.platform == "linux":
         _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # interrupts are for the kernel (same process group)
+    signal.signal(
+        signal.SIGINT, signal.SIG_IGN
+    )  # interrupts are for the kernel (same process group)
     course = Path(os.environ.get("DGM_COURSE_ROOT", os.getcwd()))  # set by the grader
     private = Path(tempfile.mkdtemp(prefix=private_prefix(course)))
-    isolating = isolated()  # decided once: in the kernel's process it is false after setuid
+    isolating = (
+        isolated()
+    )  # decided once: in the kernel's process it is false after setuid
     if isolating:
         uid, gid = kernel_uid(os.getpid()), pwd.getpwnam(USER).pw_gid
         i = argv.index("-f") + 1
-        connection = private / "kernel.json"  # the kernel cannot read the grader's runtime folder
+        connection = (
+            private / "kernel.json"
+        )  # the kernel cannot read the grader's runtime folder
         shutil.copyfile(argv[i], connection)
-        argv = [*argv[:i], str(connection), *argv[i + 1:]]
+        argv = [*argv[:i], str(connection), *argv[i + 1 :]]
         os.chown(private, uid, gid)
         os.chown(connection, uid, gid)
         os.chmod(private, 0o700)
         os.chmod(connection, 0o600)
-        _check(_libc.unshare(CLONE_NEWPID), "unshare")  # the next child is PID 1 of a new namespace
+        _check(
+            _libc.unshare(CLONE_NEWPID), "unshare"
+        )  # the next child is PID 1 of a new namespace
     kernel = os.fork()
     if kernel == 0:
         try:
@@ -310,8 +436,11 @@ def main(argv: list[str]) -> int:
             if isolating:
                 isolate(course, private, uid, gid)
             limit_resources()
-            os.execve(sys.executable, [sys.executable, "-m", "ipykernel_launcher", *argv],
-                      kernel_environment(private) if isolating else os.environ)
+            os.execve(
+                sys.executable,
+                [sys.executable, "-m", "ipykernel_launcher", *argv],
+                kernel_environment(private) if isolating else os.environ,
+            )
         except BaseException as err:
             sys.stderr.write(f"grading kernel: could not start ({err})\n")
         os._exit(127)
@@ -329,10 +458,14 @@ def main(argv: list[str]) -> int:
         while kernel not in exited:
             time.sleep(WATCH_INTERVAL_S)
             exited |= reap()
-            if os.getppid() != grader:  # the grader itself was stopped: nobody is listening any more
+            if (
+                os.getppid() != grader
+            ):  # the grader itself was stopped: nobody is listening any more
                 break
             if kernel not in exited and len(descendants(os.getpid())) > PROCESSES:
-                sys.stderr.write(f"grading kernel: more than {PROCESSES} processes, all stopped\n")
+                sys.stderr.write(
+                    f"grading kernel: more than {PROCESSES} processes, all stopped\n"
+                )
                 break
         exited |= kill_descendants()
     finally:

@@ -1,21 +1,25 @@
-"""``python -m course validate NB`` (``make validate NB=...``): a student's dry run before handing in.
+"""``python -m course validate NB`` (``make validate NB=...``): a student's dry run
+before handing in.
 
 Runs the notebook ``NB`` from top to bottom the way the grader will: in the grading kernel
-(``dgm-grader``, `course.sandbox`: the same memory, file-size, CPU and process limits, and as root
-the same unprivileged user), with the grader's time limits (``Execute.timeout`` per cell and
-``GradingExecute.notebook_timeout`` in all, from ``nbgrader_config.py`` when there is one), no
-progress bars (``DGM_PROGRESS=0``), and a fresh kernel after a cell that kills it. Then it prints,
-for every graded task, whether its visible self-check passed and, if not, the check's message:
-what was called, what came back, what was expected, and a hint. Errors in other cells (the setup,
-a solution cell that does not even run) are listed too, since they explain the tasks that follow.
+(``dgm-grader``, `course.sandbox`: the same memory, file-size, CPU and process limits,
+and as root the same unprivileged user), with the grader's time limits
+(``Execute.timeout`` per cell and ``GradingExecute.notebook_timeout`` in all, from
+``nbgrader_config.py`` when there is one), no progress bars (``DGM_PROGRESS=0``), and a
+fresh kernel after a cell that kills it. Then it prints, for every graded task, whether
+its visible self-check passed and, if not, the check's message: what was called, what
+came back, what was expected, and a hint. Errors in other cells (the setup, a solution
+cell that does not even run) are listed too, since they explain the tasks that follow.
 
-Only the visible checks can run here: the hidden tests are the grader's. A pass is therefore a
-good sign, not a score. A test cell whose code was changed is flagged: the grader runs the
-released version whatever the notebook says. The notebook file itself is never modified.
+Only the visible checks can run here: the hidden tests are the grader's. A pass is
+therefore a good sign, not a score. A test cell whose code was changed is flagged: the
+grader runs the released version whatever the notebook says. The notebook file itself is
+never modified.
 
 A notebook that cannot be read (missing, not JSON, not nbformat 4, no graded cells) gets a
 one-line reason and exit status 2. Exit status 1 when a task fails, 0 when all pass.
 """
+
 import ast
 import os
 import re
@@ -42,7 +46,7 @@ class Unreadable(Exception):
 class Task:
     name: str
     points: float
-    status: str = "not run"     # "pass", "fail", "not run"
+    status: str = "not run"  # "pass", "fail", "not run"
     message: str = ""
     edited: bool = False
 
@@ -51,7 +55,7 @@ class Task:
 class Report:
     path: Path
     tasks: list[Task] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)   # errors outside the test cells
+    problems: list[str] = field(default_factory=list)  # errors outside the test cells
     seconds: float = 0.0
 
     @property
@@ -64,24 +68,37 @@ def read(path: Path):
     if not path.exists():
         raise Unreadable(f"{path}: no such file")
     if path.is_dir():
-        raise Unreadable(f"{path} is a folder: give the notebook, e.g. {path}/{path.name}.ipynb")
+        raise Unreadable(
+            f"{path} is a folder: give the notebook, e.g. {path}/{path.name}.ipynb"
+        )
     if path.suffix != ".ipynb":
         raise Unreadable(f"{path} is not a notebook (.ipynb)")
     try:
         nb = nbformat.read(path, as_version=nbformat.NO_CONVERT)
     except Exception as err:  # invalid JSON, unreadable file, not a notebook
-        raise Unreadable(f"{path} is not a valid notebook ({type(err).__name__}: "
-                         f"{str(err).strip().splitlines()[0][:120] if str(err).strip() else 'unreadable'})") from None
+        said = str(err).strip()
+        reason = said.splitlines()[0][:120] if said else "unreadable"
+        raise Unreadable(
+            f"{path} is not a valid notebook ({type(err).__name__}: {reason})"
+        ) from None
     if not isinstance(nb, dict) or nb.get("nbformat") != 4:
-        raise Unreadable(f"{path} is nbformat {nb.get('nbformat') if isinstance(nb, dict) else '?'}, expected 4: "
-                         "save it from JupyterLab, or download the exercise again")
+        raise Unreadable(
+            f"{path} is nbformat "
+            f"{nb.get('nbformat') if isinstance(nb, dict) else '?'}, expected 4: "
+            "save it from JupyterLab, or download the exercise again"
+        )
     try:
         nbformat.validate(nb)
     except Exception as err:
-        raise Unreadable(f"{path} is not a valid notebook ({type(err).__name__}: "
-                         f"{str(err).strip().splitlines()[0][:120]})") from None
+        raise Unreadable(
+            f"{path} is not a valid notebook ({type(err).__name__}: "
+            f"{str(err).strip().splitlines()[0][:120]})"
+        ) from None
     if not any(_is_test(cell) for cell in nb.cells):
-        raise Unreadable(f"{path} has no graded test cells: is it one of the exercise notebooks (notebooks/NN-topic/)?")
+        raise Unreadable(
+            f"{path} has no graded test cells: is it one of the exercise notebooks "
+            f"(notebooks/NN-topic/)?"
+        )
     return nb
 
 
@@ -92,7 +109,11 @@ def _nbgrader(cell) -> dict:
 
 def _is_test(cell) -> bool:
     meta = _nbgrader(cell)
-    return cell.get("cell_type") == "code" and bool(meta.get("grade")) and not meta.get("solution")
+    return (
+        cell.get("cell_type") == "code"
+        and bool(meta.get("grade"))
+        and not meta.get("solution")
+    )
 
 
 def _edited(cell) -> bool:
@@ -103,7 +124,8 @@ def _edited(cell) -> bool:
 
 
 def limits(root: Path) -> tuple[float, float]:
-    """The grader's (per-cell, whole-notebook) time limits: nbgrader_config.py's, or the defaults."""
+    """The grader's (per-cell, whole-notebook) time limits: nbgrader_config.py's, or the
+    defaults."""
     if (root / "nbgrader_config.py").exists():
         try:
             from course.autograde import limits as course_limits
@@ -116,6 +138,7 @@ def limits(root: Path) -> tuple[float, float]:
 
 # ----------------------------------------------------------------------------------------
 # Messages
+
 
 def _clean(text: str) -> str:
     return ANSI.sub("", text or "")
@@ -130,7 +153,8 @@ def _short(text: str) -> str:
 
 
 def _hint_at(source: str, line: int | None) -> str:
-    """The literal ``hint="..."`` of the call on ``line`` of a test cell (the check that failed)."""
+    """The literal ``hint="..."`` of the call on ``line`` of a test cell (the check that
+    failed)."""
     if line is None:
         return ""
     try:
@@ -138,22 +162,32 @@ def _hint_at(source: str, line: int | None) -> str:
     except SyntaxError:
         return ""
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and node.lineno <= line <= (node.end_lineno or node.lineno):
+        if isinstance(node, ast.Call) and node.lineno <= line <= (
+            node.end_lineno or node.lineno
+        ):
             for keyword in node.keywords:
-                if keyword.arg == "hint" and isinstance(keyword.value, ast.Constant) and isinstance(keyword.value.value, str):
+                if (
+                    keyword.arg == "hint"
+                    and isinstance(keyword.value, ast.Constant)
+                    and isinstance(keyword.value.value, str)
+                ):
                     return keyword.value.value
     return ""
 
 
 def _failure(cell) -> tuple[str, int | None] | None:
-    """(message, line in the cell) of a cell's error output, or None when it ran cleanly."""
+    """(message, line in the cell) of a cell's error output, or None when it ran
+    cleanly."""
     for output in cell.get("outputs", []):
         if output.get("output_type") == "error":
             ename, evalue = output.get("ename", "Error"), _clean(output.get("evalue", ""))
-            found = re.search(r"Cell In\[\d+\], line (\d+)", _clean("\n".join(output.get("traceback", []))))
+            found = re.search(
+                r"Cell In\[\d+\], line (\d+)",
+                _clean("\n".join(output.get("traceback", []))),
+            )
             message = f"{ename}: {evalue}" if evalue else ename
             if ename == "KeyboardInterrupt":
-                message = "the cell ran past the grader's time limit for a cell and was interrupted"
+                message = "the cell ran past the grader's time limit and was interrupted"
             if ename == "AssertionError" and evalue:
                 message = evalue
             return message, int(found.group(1)) if found else None
@@ -172,56 +206,88 @@ def _success_line(cell) -> str:
 # ----------------------------------------------------------------------------------------
 # Running
 
+
 def run(nb, folder: Path, cell_timeout: float, notebook_timeout: float) -> list[str]:
-    """Execute ``nb`` in place in the grading kernel, cell by cell; return what went wrong with
-    the kernel itself (deaths, the overall time limit). A cell that kills the kernel gets an
-    error output and the cells after it run in a fresh kernel, after the earlier cells again."""
+    """Execute ``nb`` in place in the grading kernel, cell by cell; return what went
+    wrong with the kernel itself (deaths, the overall time limit). A cell that kills the
+    kernel gets an error output and the cells after it run in a fresh kernel, after the
+    earlier cells again."""
     from nbclient import NotebookClient
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
-    sandbox.prepare()  # the kernelspec (and, as root, the unprivileged user), as the grader does
-    os.environ["DGM_PROGRESS"] = "0"  # the grading kernel keeps this one (course.sandbox.KEPT_ENV)
+    # the kernelspec (and, as root, the unprivileged user), as the grader does
+    sandbox.prepare()
+    # the grading kernel keeps this one (course.sandbox.KEPT_ENV)
+    os.environ["DGM_PROGRESS"] = "0"
     os.environ.setdefault("DGM_COURSE_ROOT", os.getcwd())
-    client = NotebookClient(nb, kernel_name=sandbox.KERNEL_NAME, timeout=int(cell_timeout), allow_errors=True,
-                            interrupt_on_timeout=True, iopub_timeout=15, record_timing=False,
-                            resources={"metadata": {"path": str(folder)}})
+    client = NotebookClient(
+        nb,
+        kernel_name=sandbox.KERNEL_NAME,
+        timeout=int(cell_timeout),
+        allow_errors=True,
+        interrupt_on_timeout=True,
+        iopub_timeout=15,
+        record_timing=False,
+        resources={"metadata": {"path": str(folder)}},
+    )
     deadline = time.monotonic() + notebook_timeout
     todo = [i for i, cell in enumerate(nb.cells) if cell.cell_type == "code"]
     ran, problems, restarts = [], [], 0
-    log = tempfile.TemporaryFile(mode="w+")  # the kernel's own stderr: kept for its "grading kernel: ..." lines
+    log = tempfile.TemporaryFile(
+        mode="w+"
+    )  # the kernel's own stderr: kept for its "grading kernel: ..." lines
     while todo:
         with client.setup_kernel(stderr=log):
             try:
-                for i in ran:  # a fresh kernel after a death: the state of the earlier cells
+                for (
+                    i
+                ) in ran:  # a fresh kernel after a death: the state of the earlier cells
                     scratch = nbformat.from_dict(nb.cells[i])
                     client.execute_cell(scratch, i, store_history=False)
             except (DeadKernelError, CellTimeoutError):
-                problems.append("the kernel was lost again while re-running the earlier cells; the rest was not run")
+                problems.append(
+                    "the kernel was lost again while re-running the earlier cells; the "
+                    "rest was not run"
+                )
                 break
             while todo:
                 i = todo.pop(0)
                 cell = nb.cells[i]
                 if time.monotonic() > deadline:
-                    problems.append(f"the notebook ran past the grader's {notebook_timeout:g} s limit: "
-                                    "the cells after that are not run and score 0")
+                    problems.append(
+                        f"the notebook ran past the grader's {notebook_timeout:g} s "
+                        f"limit: "
+                        "the cells after that are not run and score 0"
+                    )
                     todo = []
                     break
                 try:
                     client.execute_cell(cell, i)
                     ran.append(i)
                 except (DeadKernelError, CellTimeoutError) as lost:
-                    what = ("the kernel died (a crash, os._exit, too much memory or too many processes)"
-                            if isinstance(lost, DeadKernelError) else
-                            f"the cell ran past its {cell_timeout:g} s limit and did not stop when interrupted")
-                    cell.outputs.append(nbformat.v4.new_output("error", ename=type(lost).__name__, evalue=what,
-                                                               traceback=[]))
+                    what = (
+                        "the kernel died (a crash, os._exit, too much memory or too "
+                        "many processes)"
+                        if isinstance(lost, DeadKernelError)
+                        else f"the cell ran past its {cell_timeout:g} s limit and did "
+                        f"not stop when interrupted"
+                    )
+                    cell.outputs.append(
+                        nbformat.v4.new_output(
+                            "error", ename=type(lost).__name__, evalue=what, traceback=[]
+                        )
+                    )
                     restarts += 1
                     if restarts > MAX_KERNEL_RESTARTS:
-                        problems.append(f"the kernel died {restarts} times; the rest was not run")
+                        problems.append(
+                            f"the kernel died {restarts} times; the rest was not run"
+                        )
                         todo = []
                     break
     log.seek(0)
-    problems += sorted({line.strip() for line in log if line.startswith("grading kernel:")})
+    problems += sorted(
+        {line.strip() for line in log if line.startswith("grading kernel:")}
+    )
     log.close()
     return problems
 
@@ -235,8 +301,13 @@ def validate(path: Path, root: Path | None = None) -> Report:
     report = Report(path)
     tests = {i: cell for i, cell in enumerate(nb.cells) if _is_test(cell)}
     for cell in tests.values():
-        report.tasks.append(Task(_nbgrader(cell).get("grade_id", "?"), float(_nbgrader(cell).get("points", 0)),
-                                 edited=_edited(cell)))
+        report.tasks.append(
+            Task(
+                _nbgrader(cell).get("grade_id", "?"),
+                float(_nbgrader(cell).get("points", 0)),
+                edited=_edited(cell),
+            )
+        )
     for cell in nb.cells:
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
@@ -258,7 +329,9 @@ def validate(path: Path, root: Path | None = None) -> Report:
         if i in tests or cell.cell_type != "code":
             continue
         failure = _failure(cell)
-        if failure is not None and "raises-exception" not in cell.metadata.get("tags", []):
+        if failure is not None and "raises-exception" not in cell.metadata.get(
+            "tags", []
+        ):
             name = _nbgrader(cell).get("grade_id") or f"cell {i + 1}"
             report.problems.append(f"{name}: {_short(failure[0]).splitlines()[0]}")
     return report
@@ -266,7 +339,10 @@ def validate(path: Path, root: Path | None = None) -> Report:
 
 def format_report(report: Report) -> str:
     width = max((len(t.name) for t in report.tasks), default=0)
-    lines = [f"{report.path}: ran in the grading kernel ({sandbox.KERNEL_NAME}) in {report.seconds:.0f} s"]
+    lines = [
+        f"{report.path}: ran in the grading kernel ({sandbox.KERNEL_NAME}) in "
+        f"{report.seconds:.0f} s"
+    ]
     for problem in report.problems:
         lines.append(f"  error  {problem}")
     for task in report.tasks:
@@ -279,10 +355,16 @@ def format_report(report: Report) -> str:
         if task.status == "fail":
             lines += [f"          {line}" for line in task.message.splitlines()]
         if task.edited:
-            lines.append("          note: this test cell was changed; the grader runs the released version")
+            lines.append(
+                "          note: this test cell was changed; the grader runs the "
+                "released version"
+            )
     passed = sum(t.status == "pass" for t in report.tasks)
-    lines.append(f"{passed} of {len(report.tasks)} tasks pass their visible checks. Hidden tests on other inputs "
-                 "run when the notebook is graded, so a pass here is a good sign, not a score.")
+    lines.append(
+        f"{passed} of {len(report.tasks)} tasks pass their visible checks. Hidden "
+        f"tests on other inputs "
+        "run when the notebook is graded, so a pass here is a good sign, not a score."
+    )
     return "\n".join(lines)
 
 

@@ -1,19 +1,28 @@
-"""Argument checks shared by every module: a bad input gets an error that names the argument
-and says what was expected, before it turns into an obscure shape error deep inside torch."""
+"""Argument checks shared by every module: a bad input gets an error that names the
+argument and says what was expected, before it turns into an obscure shape error deep
+inside torch."""
+
 from __future__ import annotations
 
 import torch
 
 
-def float_tensor(name: str, value, *, dim: int | None = None, shape: str | None = None) -> torch.Tensor:
-    """Return `value` if it is a floating-point torch.Tensor (with `dim` dimensions, if given).
+def float_tensor(
+    name: str, value, *, dim: int | None = None, shape: str | None = None
+) -> torch.Tensor:
+    """Return `value` if it is a floating-point torch.Tensor (with `dim` dimensions, if
+    given).
 
     `shape` is how the error message describes the expected shape, e.g. "(n, d)".
     """
     if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be a floating-point torch.Tensor, got {type(value).__name__}")
+        raise TypeError(
+            f"{name} must be a floating-point torch.Tensor, got {type(value).__name__}"
+        )
     if not value.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point torch.Tensor, got dtype {value.dtype}")
+        raise TypeError(
+            f"{name} must be a floating-point torch.Tensor, got dtype {value.dtype}"
+        )
     if dim is not None and value.dim() != dim:
         expected = shape or f"{dim} dimensions"
         raise ValueError(f"{name} must have shape {expected}, got {tuple(value.shape)}")
@@ -34,11 +43,17 @@ def one_of(name: str, value, options) -> str:
     return value
 
 
-def gaussian_parameters(mu, logvar=None, *, dim: int | None = None, shape: str | None = None) -> None:
-    """Check the parameters of a diagonal Gaussian N(mu, exp(logvar)): floating-point tensors of
-    the same shape (mu with ``dim`` dimensions, described as ``shape``, if given)."""
+def gaussian_parameters(
+    mu, logvar=None, *, dim: int | None = None, shape: str | None = None
+) -> None:
+    """Check the parameters of a diagonal Gaussian N(mu, exp(logvar)): floating-point
+    tensors of the same shape (mu with ``dim`` dimensions, described as ``shape``, if
+    given)."""
     float_tensor("mu", mu, dim=dim, shape=shape)
     if logvar is not None:
         float_tensor("logvar", logvar)
         if logvar.shape != mu.shape:
-            raise ValueError(f"mu and logvar must have the same shape, got {tuple(mu.shape)} and {tuple(logvar.shape)}")
+            raise ValueError(
+                f"mu and logvar must have the same shape, got {tuple(mu.shape)} and "
+                f"{tuple(logvar.shape)}"
+            )

@@ -4,31 +4,32 @@ A VAE's objective (eq-collapse-elbo in book/06-posterior-collapse.md) is
 
     ELBO(x) = E_q[log p(x | z)] - sum_d KL(q(z_d | x) || N(0, 1)),
 
-and it has a trivial optimum whenever the decoder can model x without z: set q(z | x) = p(z)
-for every x (all KL terms 0) and let the decoder ignore z. That is posterior collapse. It is
-rare with a factorised decoder p(x | z) = prod_i p(x_i | z), which needs z to couple the
-pixels, and common with an autoregressive decoder p(x | z) = prod_i p(x_i | x_<i, z), which
-does not (`MaskedDecoder` here, a MADE conditioned on z).
+and it has a trivial optimum whenever the decoder can model x without z: set q(z | x) =
+p(z) for every x (all KL terms 0) and let the decoder ignore z. That is posterior
+collapse. It is rare with a factorised decoder p(x | z) = prod_i p(x_i | z), which needs
+z to couple the pixels, and common with an autoregressive decoder p(x | z) = prod_i
+p(x_i | x_<i, z), which does not (`MaskedDecoder` here, a MADE conditioned on z).
 
 Diagnostics (all on the encoder's outputs mu, logvar of shape (n, L) for n images)
-    kl_per_dim           E_x KL(q(z_d | x) || N(0, 1)) for each d            (eq-collapse-kl-dim)
-    unit_activity        Cov_x(E_q[z_d | x]) = the variance of mu_d over x   (eq-collapse-au)
-    active_units         how many dimensions have an activity above 0.01
-    mutual_information   I_q(x; z) with the aggregate posterior q(z) estimated on the batch,
-                         as in He et al. (2019)                              (eq-collapse-mi)
+    kl_per_dim E_x KL(q(z_d | x) || N(0, 1)) for each d (eq-collapse-kl-dim)
+    unit_activity Cov_x(E_q[z_d | x]) = the variance of mu_d over x (eq-collapse-au)
+    active_units how many dimensions have an activity above 0.01 mutual_information
+    I_q(x; z) with the aggregate posterior q(z) estimated on the batch,
+                         as in He et al. (2019) (eq-collapse-mi)
     diagnostics          all of the above plus the importance-sampled -log p(x) of lib.vae
 
 Remedies (training objectives of a `VAE` built by `make_vae`)
-    collapse_loss        rec + weight * KL, or rec + free-bits KL            (eq-collapse-lambda)
-    kl_anneal            the linear KL weight schedule                       (eq-collapse-anneal)
-    free_bits_kl         sum_d max(floor, E_x KL_d): a floor per dimension   (eq-collapse-free-bits)
-    fit_aggressive       He et al.'s aggressive inference-network training
+    collapse_loss rec + weight * KL, or rec + free-bits KL (eq-collapse-lambda)
+    kl_anneal the linear KL weight schedule (eq-collapse-anneal) free_bits_kl sum_d
+    max(floor, E_x KL_d): a floor per dimension (eq-collapse-free-bits) fit_aggressive
+    He et al.'s aggressive inference-network training
 
-The book's models (`VARIANTS`) are trained by `train_variant` with one recipe (`RECIPE`: same
-seed, same number of optimiser steps, AdamW) and stored in lib/checkpoints/06-collapse-<name>.pt
-(float16 weights; `reference_model` loads them); `python -m lib.collapse --retrain` trains them
-again (about 4 minutes of one CPU core).
+The book's models (`VARIANTS`) are trained by `train_variant` with one recipe (`RECIPE`:
+same seed, same number of optimiser steps, AdamW) and stored in
+lib/checkpoints/06-collapse-<name>.pt (float16 weights; `reference_model` loads them);
+`python -m lib.collapse --retrain` trains them again (about 4 minutes of one CPU core).
 """
+
 from __future__ import annotations
 
 import math
@@ -43,8 +44,17 @@ from tqdm.auto import tqdm
 from lib.checks import float_tensor, gaussian_parameters, one_of, positive_int
 from lib.data import digits
 from lib.train import BestWeights, fit, minimise, retrain_main, show_progress
-from lib.vae import (VAE, GaussianEncoder, elbo_terms, gaussian_kl_to_standard, log_likelihood_is, make_decoder,
-                     mlp_encoder_net, reparameterize, validation_neg_elbo)
+from lib.vae import (
+    VAE,
+    GaussianEncoder,
+    elbo_terms,
+    gaussian_kl_to_standard,
+    log_likelihood_is,
+    make_decoder,
+    mlp_encoder_net,
+    reparameterize,
+    validation_neg_elbo,
+)
 
 LOG_2PI = math.log(2 * math.pi)
 PIXELS = 64
@@ -55,61 +65,79 @@ PIXELS = 64
 
 
 def kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """E_x KL(q(z_d | x) || N(0, 1)) for each latent dimension d, shape (L,) (eq-collapse-kl-dim):
-    the closed-form KL of `lib.vae.gaussian_kl_to_standard` averaged over the n images.
-    A dimension with a KL near 0 carries no information about x."""
+    """E_x KL(q(z_d | x) || N(0, 1)) for each latent dimension d, shape (L,)
+    (eq-collapse-kl-dim): the closed-form KL of `lib.vae.gaussian_kl_to_standard`
+    averaged over the n images. A dimension with a KL near 0 carries no information
+    about x."""
     gaussian_parameters(mu, logvar, dim=2, shape="(n, L)")
     return gaussian_kl_to_standard(mu, logvar).mean(0)
 
 
 def unit_activity(mu: torch.Tensor) -> torch.Tensor:
-    """A_d = Cov_x(E_q[z_d | x]), the variance over the images of the posterior mean mu_d(x),
-    shape (L,) (eq-collapse-au; Burda et al. 2016). Unbiased (n - 1) variance, as in He et al.'s code.
-    It measures how much the code moves with x; the posterior variances do not enter."""
+    """A_d = Cov_x(E_q[z_d | x]), the variance over the images of the posterior mean
+    mu_d(x), shape (L,) (eq-collapse-au; Burda et al. 2016). Unbiased (n - 1) variance,
+    as in He et al.'s code. It measures how much the code moves with x; the posterior
+    variances do not enter."""
     gaussian_parameters(mu, dim=2, shape="(n, L)")
     if len(mu) < 2:
-        raise ValueError(f"mu needs at least 2 images to have a variance, got shape {tuple(mu.shape)}")
+        raise ValueError(
+            f"mu needs at least 2 images to have a variance, got shape {tuple(mu.shape)}"
+        )
     return mu.var(0, correction=1)
 
 
 def active_units(mu: torch.Tensor, threshold: float = 0.01) -> int:
-    """The number of latent dimensions with `unit_activity` above ``threshold`` (eq-collapse-au)."""
+    """The number of latent dimensions with `unit_activity` above ``threshold``
+    (eq-collapse-au)."""
     if not threshold >= 0:
         raise ValueError(f"threshold must be a non-negative number, got {threshold!r}")
     return int((unit_activity(mu) > threshold).sum())
 
 
-def mutual_information(mu: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor | None = None, *,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
-    """I_q(x; z) under q(x, z) = p_data(x) q(z | x) on a batch of n images (eq-collapse-mi):
+def mutual_information(
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    z: torch.Tensor | None = None,
+    *,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """I_q(x; z) under q(x, z) = p_data(x) q(z | x) on a batch of n images
+    (eq-collapse-mi):
 
         I = 1/n sum_i ( E_q(z|x_i)[log q(z | x_i)] - log q(z_i) ),   z_i ~ q(z | x_i),
-        q(z) ~ 1/n sum_j q(z | x_j)                         (the aggregate posterior on the batch),
+        q(z) ~ 1/n sum_j q(z | x_j) (the aggregate posterior on the batch),
 
-    with the first term in closed form, -L/2 (1 + log 2 pi) - 1/2 sum_d logvar_d, as in He et al.
-    (2019). z: one sample per image, shape (n, L) (drawn with ``generator`` when omitted).
-    A 0-dim tensor in nats; the batch estimate lies between about 0 and log n.
+    with the first term in closed form, -L/2 (1 + log 2 pi) - 1/2 sum_d logvar_d, as in
+    He et al. (2019). z: one sample per image, shape (n, L) (drawn with ``generator``
+    when omitted). A 0-dim tensor in nats; the batch estimate lies between about 0 and
+    log n.
     """
     gaussian_parameters(mu, logvar, dim=2, shape="(n, L)")
     n, L = mu.shape
     if z is None:
         z = reparameterize(mu, logvar, generator=generator)
     elif z.shape != mu.shape:
-        raise ValueError(f"z must have the shape of mu {tuple(mu.shape)}, got {tuple(z.shape)}")
+        raise ValueError(
+            f"z must have the shape of mu {tuple(mu.shape)}, got {tuple(z.shape)}"
+        )
     neg_entropy = (-0.5 * L * (1 + LOG_2PI) - 0.5 * logvar.sum(-1)).mean()
     # log q(z_i | x_j) for every pair: (n, n)
-    log_q = -0.5 * (((z[:, None] - mu[None]) ** 2) / logvar[None].exp() + logvar[None] + LOG_2PI).sum(-1)
+    log_q = -0.5 * (
+        ((z[:, None] - mu[None]) ** 2) / logvar[None].exp() + logvar[None] + LOG_2PI
+    ).sum(-1)
     log_aggregate = torch.logsumexp(log_q, dim=1) - math.log(n)
     return neg_entropy - log_aggregate.mean()
 
 
-def diagnostics(model, x: torch.Tensor, *, K: int = 100, seed: int = 0, threshold: float = 0.01) -> dict:
-    """Everything the chapter's table reports for one model on images x, in nats per image:
-    "kl" (the KL term of the ELBO, summed over dimensions), "kl_per_dim" (L,), "au", "mi",
-    "rec" (-E_q log p(x | z)), "neg_elbo" and "nll" (-log p(x) by importance sampling with K
-    samples, `lib.vae.log_likelihood_is`; "nll_per_image" keeps the n values, for paired
-    comparisons). Evaluated in eval mode (no dropout). Seeded: the same model and seed give the
-    same numbers."""
+def diagnostics(
+    model, x: torch.Tensor, *, K: int = 100, seed: int = 0, threshold: float = 0.01
+) -> dict:
+    """Everything the chapter's table reports for one model on images x, in nats per
+    image: "kl" (the KL term of the ELBO, summed over dimensions), "kl_per_dim" (L,),
+    "au", "mi", "rec" (-E_q log p(x | z)), "neg_elbo" and "nll" (-log p(x) by importance
+    sampling with K samples, `lib.vae.log_likelihood_is`; "nll_per_image" keeps the n
+    values, for paired comparisons). Evaluated in eval mode (no dropout). Seeded: the
+    same model and seed give the same numbers."""
     generator = torch.Generator(device=x.device).manual_seed(seed)
     was_training = model.training
     model.eval()
@@ -121,8 +149,16 @@ def diagnostics(model, x: torch.Tensor, *, K: int = 100, seed: int = 0, threshol
         mi = mutual_information(mu, logvar, generator=generator)
         nll = -log_likelihood_is(model, x, K=K, seed=seed)
     model.train(was_training)
-    return {"kl": kl.sum(), "kl_per_dim": kl, "au": active_units(mu, threshold), "mi": mi,
-            "rec": rec, "neg_elbo": rec + kl.sum(), "nll": nll.mean(), "nll_per_image": nll}
+    return {
+        "kl": kl.sum(),
+        "kl_per_dim": kl,
+        "au": active_units(mu, threshold),
+        "mi": mi,
+        "rec": rec,
+        "neg_elbo": rec + kl.sum(),
+        "nll": nll.mean(),
+        "nll_per_image": nll,
+    }
 
 
 # ----------------------------------------------------------------------------------------
@@ -131,8 +167,8 @@ def diagnostics(model, x: torch.Tensor, *, K: int = 100, seed: int = 0, threshol
 
 def kl_anneal(step: int, warmup: int, *, start: float = 0.0) -> float:
     """The KL weight of linear KL annealing (eq-collapse-anneal; Bowman et al. 2016):
-    beta = start + (1 - start) * min(1, step / warmup), so beta(0) = start and beta = 1 from
-    ``step = warmup`` on. He et al. (2019) use start = 0.1."""
+    beta = start + (1 - start) * min(1, step / warmup), so beta(0) = start and beta = 1
+    from ``step = warmup`` on. He et al. (2019) use start = 0.1."""
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         raise ValueError(f"step must be a non-negative int, got {step!r}")
     positive_int("warmup", warmup)
@@ -146,20 +182,25 @@ def free_bits_kl(kl: torch.Tensor, floor: float) -> torch.Tensor:
 
         sum_d max(floor, 1/n sum_i KL_id),   kl: (n, L) per image and dimension.
 
-    Each dimension's KL, averaged over the batch, is replaced by the floor when below it, so
-    its gradient is zero there: the optimiser no longer pushes that dimension towards the
-    prior until it carries ``floor`` nats. (A floor on the total KL would let a few dimensions
-    carry all the information and still let the others collapse.)"""
+    Each dimension's KL, averaged over the batch, is replaced by the floor when below
+    it, so its gradient is zero there: the optimiser no longer pushes that dimension
+    towards the prior until it carries ``floor`` nats. (A floor on the total KL would
+    let a few dimensions carry all the information and still let the others
+    collapse.)"""
     float_tensor("kl", kl, dim=2, shape="(n, L)")
     if not floor >= 0:
         raise ValueError(f"floor must be a non-negative number, got {floor!r}")
     return kl.mean(0).clamp(min=floor).sum()
 
 
-def collapse_loss(model, x: torch.Tensor, *, weight: float = 1.0, floor: float | None = None) -> dict:
-    """The training objective of one minibatch, averaged over the images (eq-collapse-lambda):
+def collapse_loss(
+    model, x: torch.Tensor, *, weight: float = 1.0, floor: float | None = None
+) -> dict:
+    """The training objective of one minibatch, averaged over the images
+    (eq-collapse-lambda):
 
-        rec + weight * KL          (weight = 1: minus the ELBO; 0 < weight < 1: the lambda-weighted
+        rec + weight * KL (weight = 1: minus the ELBO; 0 < weight < 1: the
+        lambda-weighted
                                     objective, which no longer bounds -log p(x))
         rec + free_bits_kl(KL, floor)   when ``floor`` is given.
 
@@ -175,7 +216,8 @@ def collapse_loss(model, x: torch.Tensor, *, weight: float = 1.0, floor: float |
 
 
 class MaskedLinear(nn.Linear):
-    """A linear layer whose weight is multiplied by a fixed 0/1 mask (a non-persistent buffer)."""
+    """A linear layer whose weight is multiplied by a fixed 0/1 mask (a non-persistent
+    buffer)."""
 
     def __init__(self, mask: torch.Tensor):
         super().__init__(mask.shape[1], mask.shape[0])
@@ -186,47 +228,65 @@ class MaskedLinear(nn.Linear):
 
 
 class MaskedDecoder(nn.Module):
-    """p(x | z) = prod_i Bernoulli(x_i | sigmoid(logit_i(x_<i, z))) over the 64 pixels in raster
-    order (eq-collapse-ar): a MADE (Germain et al. 2015) whose masks let logit i see pixels
-    1..i-1 only. One pass computes all 64 logits of an image (training, `log_prob`); sampling
-    takes 64 passes.
+    """p(x | z) = prod_i Bernoulli(x_i | sigmoid(logit_i(x_<i, z))) over the 64 pixels
+    in raster order (eq-collapse-ar): a MADE (Germain et al. 2015) whose masks let logit
+    i see pixels 1..i-1 only. One pass computes all 64 logits of an image (training,
+    `log_prob`); sampling takes 64 passes.
 
-    hidden: units per masked hidden layer; layers: how many; direct: also a masked linear map from
-    the pixels straight to the logits (a logistic regression on the past, which learns fast).
-    z_everywhere: add z (through unmasked linear maps) to every hidden layer and to the logits;
-    the default adds it to the first hidden layer only, a narrower path for z, like an RNN whose
-    initial state is z (Bowman et al. 2016).
-    dropout: on the hidden units while training. It stops the 512-unit decoder from memorising
-    the 1000 training images (which makes z very useful: naming one of 1000 images costs at most
-    log 1000 = 6.9 nats) and makes it a decoder that generalises well without z.
-    The decoder of `lib.vae`'s interface: ``log_prob(x, z)`` with z of shape (..., n, L) returns
-    shape z.shape[:-1]."""
+    hidden: units per masked hidden layer; layers: how many; direct: also a masked
+    linear map from the pixels straight to the logits (a logistic regression on the
+    past, which learns fast). z_everywhere: add z (through unmasked linear maps) to
+    every hidden layer and to the logits; the default adds it to the first hidden layer
+    only, a narrower path for z, like an RNN whose initial state is z (Bowman et al.
+    2016). dropout: on the hidden units while training. It stops the 512-unit decoder
+    from memorising the 1000 training images (which makes z very useful: naming one of
+    1000 images costs at most log 1000 = 6.9 nats) and makes it a decoder that
+    generalises well without z. The decoder of `lib.vae`'s interface: ``log_prob(x, z)``
+    with z of shape (..., n, L) returns shape z.shape[:-1]."""
 
     event_shape = (1, 8, 8)
 
-    def __init__(self, latent_dim: int, *, hidden: int = 512, layers: int = 2, direct: bool = True,
-                 z_everywhere: bool = False, dropout: float = 0.5):
+    def __init__(
+        self,
+        latent_dim: int,
+        *,
+        hidden: int = 512,
+        layers: int = 2,
+        direct: bool = True,
+        z_everywhere: bool = False,
+        dropout: float = 0.5,
+    ):
         super().__init__()
         positive_int("latent_dim", latent_dim)
         positive_int("hidden", hidden)
         positive_int("layers", layers)
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")
-        degree_in = torch.arange(1, PIXELS + 1)                       # pixel i has degree i
-        degrees = [degree_in] + [torch.arange(hidden) % (PIXELS - 1) + 1 for _ in range(layers)]
-        # unit k of a layer sees unit j of the layer below when degree(k) >= degree(j); logit i sees
+        degree_in = torch.arange(1, PIXELS + 1)  # pixel i has degree i
+        degrees = [degree_in] + [
+            torch.arange(hidden) % (PIXELS - 1) + 1 for _ in range(layers)
+        ]
+        # unit k of a layer sees unit j of the layer below when degree(k) >= degree(j);
+        # logit i sees
         # hidden units of degree < i, so it depends on pixels 1..i-1 only
-        self.hidden = nn.ModuleList(MaskedLinear(d_out[:, None] >= d_in[None])
-                                    for d_in, d_out in zip(degrees[:-1], degrees[1:]))
+        self.hidden = nn.ModuleList(
+            MaskedLinear(d_out[:, None] >= d_in[None])
+            for d_in, d_out in zip(degrees[:-1], degrees[1:])
+        )
         self.out = MaskedLinear(degree_in[:, None] > degrees[-1][None])
-        self.direct = MaskedLinear(degree_in[:, None] > degree_in[None]) if direct else None
-        self.from_z = nn.ModuleList(nn.Linear(latent_dim, hidden, bias=False)
-                                    for _ in range(layers if z_everywhere else 1))
+        self.direct = (
+            MaskedLinear(degree_in[:, None] > degree_in[None]) if direct else None
+        )
+        self.from_z = nn.ModuleList(
+            nn.Linear(latent_dim, hidden, bias=False)
+            for _ in range(layers if z_everywhere else 1)
+        )
         self.z_out = nn.Linear(latent_dim, PIXELS, bias=False) if z_everywhere else None
         self.drop = nn.Dropout(dropout)
 
     def logits(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """The 64 logits of p(x_i = 1 | x_<i, z), shape (*z.shape[:-1], 64); x: (n, 1, 8, 8) or (n, 64)."""
+        """The 64 logits of p(x_i = 1 | x_<i, z), shape (*z.shape[:-1], 64); x: (n, 1,
+        8, 8) or (n, 64)."""
         h_x = x.reshape(len(x), PIXELS)
         h = h_x
         for k, layer in enumerate(self.hidden):
@@ -245,9 +305,13 @@ class MaskedDecoder(nn.Module):
         """log p(x | z) summed over the pixels, shape z.shape[:-1]."""
         logits = self.logits(x, z)
         target = x.reshape(len(x), PIXELS).expand_as(logits)
-        return -F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1)
+        return -F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(
+            -1
+        )
 
-    def sample(self, z: torch.Tensor, context=None, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(
+        self, z: torch.Tensor, context=None, *, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """x ~ p(x | z), pixel by pixel, shape (len(z), 1, 8, 8); z: (n, L)."""
         x = torch.zeros(len(z), PIXELS, device=z.device, dtype=z.dtype)
         with torch.no_grad():
@@ -267,16 +331,27 @@ class MaskedDecoder(nn.Module):
 DECODERS = ("factorised", "autoregressive")
 
 
-def make_vae(decoder: str = "autoregressive", *, latent_dim: int = 16, hidden: int = 128,
-             decoder_hidden: int = 512, seed: int = 0) -> VAE:
-    """A `lib.vae.VAE` for binarised digits: MLP encoder 64 -> hidden -> hidden -> 2L and either a
-    factorised Bernoulli decoder (`lib.vae`'s MLP decoder) or the autoregressive `MaskedDecoder`
-    with ``decoder_hidden`` units per layer. ``hidden=0`` makes the encoder linear. ``seed`` seeds
-    the initial weights (the global random state is left untouched)."""
+def make_vae(
+    decoder: str = "autoregressive",
+    *,
+    latent_dim: int = 16,
+    hidden: int = 128,
+    decoder_hidden: int = 512,
+    seed: int = 0,
+) -> VAE:
+    """A `lib.vae.VAE` for binarised digits: MLP encoder 64 -> hidden -> hidden -> 2L
+    and either a factorised Bernoulli decoder (`lib.vae`'s MLP decoder) or the
+    autoregressive `MaskedDecoder` with ``decoder_hidden`` units per layer. ``hidden=0``
+    makes the encoder linear. ``seed`` seeds the initial weights (the global random
+    state is left untouched)."""
     one_of("decoder", decoder, DECODERS)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = mlp_encoder_net(PIXELS, latent_dim, hidden) if hidden else nn.Linear(PIXELS, 2 * latent_dim)
+        net = (
+            mlp_encoder_net(PIXELS, latent_dim, hidden)
+            if hidden
+            else nn.Linear(PIXELS, 2 * latent_dim)
+        )
         encoder = GaussianEncoder(net)
         if decoder == "factorised":
             dec = make_decoder("bernoulli", latent_dim, hidden=hidden)
@@ -288,32 +363,50 @@ def make_vae(decoder: str = "autoregressive", *, latent_dim: int = 16, hidden: i
 def _batches(x: torch.Tensor, batch_size: int, generator: torch.Generator):
     """An endless stream of random minibatches (with replacement between batches)."""
     while True:
-        yield x[torch.randint(len(x), (batch_size,), generator=generator, device=x.device)]
+        yield x[
+            torch.randint(len(x), (batch_size,), generator=generator, device=x.device)
+        ]
 
 
-def fit_aggressive(model, x: torch.Tensor, x_val: torch.Tensor, *, steps: int, batch_size: int = 100,
-                   lr: float = 1e-3, inner_max: int = 50, check_every: int = 5, mi_every: int = 10,
-                   patience: int = 1, optimizer=None, seed: int = 0, every: int | None = None, on_round=None,
-                   progress=None) -> dict:
+def fit_aggressive(
+    model,
+    x: torch.Tensor,
+    x_val: torch.Tensor,
+    *,
+    steps: int,
+    batch_size: int = 100,
+    lr: float = 1e-3,
+    inner_max: int = 50,
+    check_every: int = 5,
+    mi_every: int = 10,
+    patience: int = 1,
+    optimizer=None,
+    seed: int = 0,
+    every: int | None = None,
+    on_round=None,
+    progress=None,
+) -> dict:
     """Aggressive inference-network training (He et al. 2019), then ordinary training.
 
     While aggressive: repeat
-      1. encoder-only steps on fresh minibatches, in chunks of ``check_every`` steps, until the
-         mean loss of a chunk stops improving (or ``inner_max`` steps);
+      1. encoder-only steps on fresh minibatches, in chunks of ``check_every`` steps,
+         until the mean loss of a chunk stops improving (or ``inner_max`` steps);
       2. one decoder-only step on a new minibatch;
-      every ``mi_every`` decoder steps, I_q(x; z) is measured on ``x_val`` and aggressive training
-      ends when it has not reached a new maximum for ``patience`` checks in a row (1: the first
-      time it does not increase, as in the paper). The remaining steps are ordinary joint steps
-      (`lib.train.fit`). ``steps`` counts every optimiser step, encoder-only ones included, so a
-      run costs about what ``steps`` ordinary steps cost.
+      every ``mi_every`` decoder steps, I_q(x; z) is measured on ``x_val`` and
+      aggressive training ends when it has not reached a new maximum for ``patience``
+      checks in a row (1: the first time it does not increase, as in the paper). The
+      remaining steps are ordinary joint steps (`lib.train.fit`). ``steps`` counts every
+      optimiser step, encoder-only ones included, so a run costs about what ``steps``
+      ordinary steps cost.
 
-    One optimiser (Adam unless ``optimizer`` is given) holds all parameters; the half that must not
-    move has requires_grad off, so its gradient is None and the optimiser leaves it (and its moment
-    estimates) alone. So no second optimiser and no loop of its own are needed: everything goes
-    through `lib.train.minimise` and `fit`. ``on_round(step)`` is called whenever another ``every``
-    steps have been taken. ``progress``: one tqdm bar over the ``steps`` (`lib.train.show_progress`
-    decides by default). Returns the history: "loss" per step, the aggressive phase's "mi"
-    checks as (step, MI) rows, and "switch" (the step at which it ended).
+    One optimiser (Adam unless ``optimizer`` is given) holds all parameters; the half
+    that must not move has requires_grad off, so its gradient is None and the optimiser
+    leaves it (and its moment estimates) alone. So no second optimiser and no loop of
+    its own are needed: everything goes through `lib.train.minimise` and `fit`.
+    ``on_round(step)`` is called whenever another ``every`` steps have been taken.
+    ``progress``: one tqdm bar over the ``steps`` (`lib.train.show_progress` decides by
+    default). Returns the history: "loss" per step, the aggressive phase's "mi" checks
+    as (step, MI) rows, and "switch" (the step at which it ended).
     """
     positive_int("steps", steps)
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
@@ -321,9 +414,18 @@ def fit_aggressive(model, x: torch.Tensor, x_val: torch.Tensor, *, steps: int, b
     batches = _batches(x, batch_size, generator)
     objective = lambda step: collapse_loss(model, next(batches))  # noqa: E731
     encoder, decoder = model.encoder, model.decoder
-    losses, mi_history, taken, decoder_steps, best_mi, since_best = [], [], 0, 0, -math.inf, 0
+    losses, mi_history, taken, decoder_steps, best_mi, since_best = (
+        [],
+        [],
+        0,
+        0,
+        -math.inf,
+        0,
+    )
     rounds_done = 0
-    bar = tqdm(total=steps, desc="aggressive", disable=not show_progress(progress), leave=False)
+    bar = tqdm(
+        total=steps, desc="aggressive", disable=not show_progress(progress), leave=False
+    )
 
     def run(parameters_on, n):
         nonlocal taken, rounds_done
@@ -342,7 +444,7 @@ def fit_aggressive(model, x: torch.Tensor, x_val: torch.Tensor, *, steps: int, b
 
     aggressive = True
     while aggressive and taken < steps:
-        previous, inner = math.inf, 0            # 1. the encoder catches up
+        previous, inner = math.inf, 0  # 1. the encoder catches up
         while inner < inner_max and taken < steps:
             chunk = min(check_every, inner_max - inner, steps - taken)
             current = run(encoder, chunk)
@@ -352,23 +454,40 @@ def fit_aggressive(model, x: torch.Tensor, x_val: torch.Tensor, *, steps: int, b
             previous = current
         if taken >= steps:
             break
-        run(decoder, 1)                          # 2. one decoder step
+        run(decoder, 1)  # 2. one decoder step
         decoder_steps += 1
-        if decoder_steps % mi_every == 0:        # 3. has I_q(x; z) stopped rising?
+        if decoder_steps % mi_every == 0:  # 3. has I_q(x; z) stopped rising?
             with torch.no_grad():
                 model.eval()
                 mu, logvar = model.encode(x_val)
-                mi = mutual_information(mu, logvar, generator=torch.Generator(device=x.device).manual_seed(seed)).item()
+                mi = mutual_information(
+                    mu,
+                    logvar,
+                    generator=torch.Generator(device=x.device).manual_seed(seed),
+                ).item()
             mi_history.append((taken, mi))
             since_best = 0 if mi > best_mi else since_best + 1
             best_mi = max(best_mi, mi)
             aggressive = since_best < patience
     switch = taken
-    while taken < steps:                         # ordinary training for the rest of the budget
-        n = steps - taken if not (every and on_round) else min(steps - taken, (rounds_done + 1) * every - taken)
+    while taken < steps:  # ordinary training for the rest of the budget
+        n = (
+            steps - taken
+            if not (every and on_round)
+            else min(steps - taken, (rounds_done + 1) * every - taken)
+        )
         model.train()
-        losses.append(fit(model, x, steps=n, batch_size=batch_size, optimizer=optimizer, seed=seed + 1 + taken,
-                          progress=False)["loss"])
+        losses.append(
+            fit(
+                model,
+                x,
+                steps=n,
+                batch_size=batch_size,
+                optimizer=optimizer,
+                seed=seed + 1 + taken,
+                progress=False,
+            )["loss"]
+        )
         taken += n
         bar.update(n)
         while every and on_round and taken >= (rounds_done + 1) * every:
@@ -376,11 +495,24 @@ def fit_aggressive(model, x: torch.Tensor, x_val: torch.Tensor, *, steps: int, b
             on_round(taken)
     bar.close()
     model.eval()
-    return {"loss": torch.cat(losses), "mi": torch.tensor(mi_history).reshape(-1, 2), "switch": torch.tensor(switch)}
+    return {
+        "loss": torch.cat(losses),
+        "mi": torch.tensor(mi_history).reshape(-1, 2),
+        "switch": torch.tensor(switch),
+    }
 
 
-# The book's comparison: one recipe, one seed, the same number of optimiser steps for every variant.
-RECIPE = dict(steps=3000, every=100, batch_size=100, lr=3e-3, weight_decay=0.1, seed=0, latent_dim=16)
+# The book's comparison: one recipe, one seed, the same number of optimiser steps for
+# every variant.
+RECIPE = dict(
+    steps=3000,
+    every=100,
+    batch_size=100,
+    lr=3e-3,
+    weight_decay=0.1,
+    seed=0,
+    latent_dim=16,
+)
 
 VARIANTS = {
     # name: (decoder, remedy, settings)
@@ -394,8 +526,9 @@ VARIANTS = {
 
 
 class _Tracker:
-    """Measures a model on validation images after each round of training and keeps the weights
-    with the best validation -ELBO (early stopping by model selection, inside a fixed budget)."""
+    """Measures a model on validation images after each round of training and keeps the
+    weights with the best validation -ELBO (early stopping by model selection, inside a
+    fixed budget)."""
 
     def __init__(self, model, x_val, seed):
         self.model, self.x_val, self.seed = model, x_val, seed
@@ -424,12 +557,15 @@ class _Tracker:
         return history
 
 
-def train_variant(name: str, *, steps: int | None = None, x=None, x_val=None, progress=None):
-    """Train one of the book's `VARIANTS` with `RECIPE` (``steps`` overrides its budget) on the
-    binarised training digits. Every ``RECIPE["every"]`` steps the validation -ELBO, KL, MI and
-    active units are recorded, and the model ends with the weights of its best validation -ELBO.
-    The global random state (dropout, the samples z) is seeded with ``RECIPE["seed"]`` for the run
-    and restored afterwards, so a run is repeatable on the CPU. Returns ``(model, history)``."""
+def train_variant(
+    name: str, *, steps: int | None = None, x=None, x_val=None, progress=None
+):
+    """Train one of the book's `VARIANTS` with `RECIPE` (``steps`` overrides its budget)
+    on the binarised training digits. Every ``RECIPE["every"]`` steps the validation
+    -ELBO, KL, MI and active units are recorded, and the model ends with the weights of
+    its best validation -ELBO. The global random state (dropout, the samples z) is
+    seeded with ``RECIPE["seed"]`` for the run and restored afterwards, so a run is
+    repeatable on the CPU. Returns ``(model, history)``."""
     one_of("name", name, VARIANTS)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RECIPE["seed"])
@@ -446,11 +582,25 @@ def _train_variant(name, steps, x, x_val, progress):
     every, seed = RECIPE["every"], RECIPE["seed"]
     start = time.process_time()
     tracker = _Tracker(model, x_val, seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=RECIPE["lr"], weight_decay=RECIPE["weight_decay"])
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=RECIPE["lr"], weight_decay=RECIPE["weight_decay"]
+    )
     if remedy == "aggressive":
-        history = fit_aggressive(model, x, x_val, steps=steps, batch_size=RECIPE["batch_size"], optimizer=optimizer,
-                                 seed=seed, every=every, on_round=tracker, progress=progress)
-        return model, tracker.finish({**history, "cpu_seconds": torch.tensor(time.process_time() - start)})
+        history = fit_aggressive(
+            model,
+            x,
+            x_val,
+            steps=steps,
+            batch_size=RECIPE["batch_size"],
+            optimizer=optimizer,
+            seed=seed,
+            every=every,
+            on_round=tracker,
+            progress=progress,
+        )
+        return model, tracker.finish(
+            {**history, "cpu_seconds": torch.tensor(time.process_time() - start)}
+        )
     step = 0
 
     def loss(xb):
@@ -463,15 +613,33 @@ def _train_variant(name, steps, x, x_val, progress):
         return collapse_loss(model, xb, weight=weight, floor=settings.get("floor"))
 
     losses = []
-    for k in tqdm(range(steps // every), desc=name, disable=not show_progress(progress), leave=False):
-        losses.append(fit(model, x, steps=every, batch_size=RECIPE["batch_size"], loss=loss, optimizer=optimizer,
-                          seed=seed + k, progress=False)["loss"])
+    for k in tqdm(
+        range(steps // every), desc=name, disable=not show_progress(progress), leave=False
+    ):
+        losses.append(
+            fit(
+                model,
+                x,
+                steps=every,
+                batch_size=RECIPE["batch_size"],
+                loss=loss,
+                optimizer=optimizer,
+                seed=seed + k,
+                progress=False,
+            )["loss"]
+        )
         tracker((k + 1) * every)
-    return model, tracker.finish({"loss": torch.cat(losses), "cpu_seconds": torch.tensor(time.process_time() - start)})
+    return model, tracker.finish(
+        {
+            "loss": torch.cat(losses),
+            "cpu_seconds": torch.tensor(time.process_time() - start),
+        }
+    )
 
 
 # ----------------------------------------------------------------------------------------
-# The book's trained models (train-or-load); weights stored in float16, one file per variant.
+# The book's trained models (train-or-load); weights stored in float16, one file per
+# variant.
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 
@@ -481,13 +649,16 @@ def checkpoint_path(name: str) -> Path:
 
 
 def _build(name: str) -> VAE:
-    return make_vae(VARIANTS[name][0], latent_dim=RECIPE["latent_dim"], seed=RECIPE["seed"])
+    return make_vae(
+        VARIANTS[name][0], latent_dim=RECIPE["latent_dim"], seed=RECIPE["seed"]
+    )
 
 
 def reference_model(name: str, *, train_if_missing: bool = True, device=None):
-    """One of the book's `VARIANTS`, loaded from lib/checkpoints/06-collapse-<name>.pt (float16
-    weights, loaded as float32) or trained with `train_variant` when the file is missing.
-    Returns ``(model, history)`` in eval mode; the history is that of the committed run."""
+    """One of the book's `VARIANTS`, loaded from lib/checkpoints/06-collapse-<name>.pt
+    (float16 weights, loaded as float32) or trained with `train_variant` when the file
+    is missing. Returns ``(model, history)`` in eval mode; the history is that of the
+    committed run."""
     path = checkpoint_path(name)
     if path.exists():
         stored = torch.load(path, weights_only=True)
@@ -497,13 +668,16 @@ def reference_model(name: str, *, train_if_missing: bool = True, device=None):
     elif train_if_missing:
         model, history = train_variant(name)
     else:
-        raise FileNotFoundError(f"no checkpoint {path}; run `python -m lib.collapse --retrain`")
+        raise FileNotFoundError(
+            f"no checkpoint {path}; run `python -m lib.collapse --retrain`"
+        )
     model.eval()
     return (model if device is None else model.to(device)), history
 
 
 def retrain(names=None) -> None:
-    """Train the named variants (default: all) with `RECIPE` and rewrite their checkpoints."""
+    """Train the named variants (default: all) with `RECIPE` and rewrite their
+    checkpoints."""
     CHECKPOINT_DIR.mkdir(exist_ok=True)
     for name in names or list(VARIANTS):
         model, history = train_variant(name)
@@ -512,4 +686,8 @@ def retrain(names=None) -> None:
 
 
 if __name__ == "__main__":
-    retrain_main("Train chapter 06's VAEs again and rewrite lib/checkpoints/06-collapse-*.pt", VARIANTS, retrain)
+    retrain_main(
+        "Train chapter 06's VAEs again and rewrite lib/checkpoints/06-collapse-*.pt",
+        VARIANTS,
+        retrain,
+    )

@@ -1,12 +1,13 @@
 """Data that needs no download.
 
-`digits` is scikit-learn's bundled copy of the UCI handwritten digits: 1797 greyscale images
-of 8x8 pixels with grey levels 0..16. Every chapter uses the same seeded split,
+`digits` is scikit-learn's bundled copy of the UCI handwritten digits: 1797 greyscale
+images of 8x8 pixels with grey levels 0..16. Every chapter uses the same seeded split,
 1000 train / 350 validation / 447 test, so likelihoods in nats per image (64 pixels) are
 comparable across chapters.
 
 `toy2d` generates the 2-D sets used to show mode-seeking, mode collapse and density fits.
 """
+
 import math
 from functools import lru_cache
 
@@ -37,12 +38,13 @@ def digits(split: str = "train", *, binarize: bool = False, device=None):
        ``binarize=True`` (a pixel is 1 when its level is at least 8, half of the range).
     y: long tensor of shape (n,) with the class labels 0..9.
 
-    Use ``x.long()`` for a categorical (17-level) likelihood and ``x.flatten(1)`` for MLPs.
+    Use ``x.long()`` for a categorical (17-level) likelihood and ``x.flatten(1)`` for
+    MLPs.
     """
     one_of("split", split, SPLIT_SIZES)
     x, y = _digits_shuffled()
     start = {"train": 0, "val": 1000, "test": 1350}[split]
-    x, y = x[start:start + SPLIT_SIZES[split]], y[start:start + SPLIT_SIZES[split]]
+    x, y = x[start : start + SPLIT_SIZES[split]], y[start : start + SPLIT_SIZES[split]]
     if binarize:
         x = (x >= LEVELS // 2).float()
     return x.to(device), y.to(device)
@@ -50,6 +52,7 @@ def digits(split: str = "train", *, binarize: bool = False, device=None):
 
 # ----------------------------------------------------------------------------------------
 # Toy 2-D data
+
 
 def toy2d_modes(name: str) -> torch.Tensor:
     """The centres of the Gaussian modes of a toy set: ``ring`` (8) or ``grid`` (25)."""
@@ -88,7 +91,9 @@ def toy2d(name: str, n: int, *, seed: int = 0, device=None) -> torch.Tensor:
         cov = torch.tensor([[1.0, 0.9], [0.9, 1.0]])
         x = torch.randn(n, 2, generator=g) @ torch.linalg.cholesky(cov).T
     else:
-        raise ValueError(f"name must be one of 'ring', 'grid', 'moons', 'correlated', got {name!r}")
+        raise ValueError(
+            f"name must be one of 'ring', 'grid', 'moons', 'correlated', got {name!r}"
+        )
     return x.to(device)
 
 

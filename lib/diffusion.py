@@ -424,12 +424,13 @@ def neg_elbo_terms(
     Every KL is between Gaussians and computed in closed form (`gaussian_kl`); the
     expectation over x_t ~ q(x_t | x_0) is estimated with one draw per step t. eps_fn(x_t,
     t) is the noise predictor; t is a long tensor of shape (1,), the network's time
-    ``times[t]`` for the whole batch (the identity unless the chain was `respace`d). ``levels=None``: continuous data, a
-    Gaussian decoder N(mu_theta(x_1, 1), sigma_1^2); ``levels=L``: x0 at the bin centres
-    of L levels in [-1, 1] and the discretised decoder (`discretised_gaussian_log_prob`),
-    a bound on the discrete log-likelihood. Evaluated step by step, without gradients.
-    Returns ``{"total", "prior", "kl", "decoder"}`` of shape (n,) and "per_step" (T + 1,
-    n) (entry t holds step t's term: decoder at 1, KL at 2..T).
+    ``times[t]`` for the whole batch (the identity unless the chain was `respace`d).
+    ``levels=None``: continuous data, a Gaussian decoder N(mu_theta(x_1, 1), sigma_1^2);
+    ``levels=L``: x0 at the bin centres of L levels in [-1, 1] and the discretised
+    decoder (`discretised_gaussian_log_prob`), a bound on the discrete log-likelihood.
+    Evaluated step by step, without gradients. Returns ``{"total", "prior", "kl",
+    "decoder"}`` of shape (n,) and "per_step" (T + 1, n) (entry t holds step t's term:
+    decoder at 1, KL at 2..T).
     """
     float_tensor("x0", x0)
     _schedule("alpha_bar", alpha_bar)
@@ -538,7 +539,10 @@ def ancestral_sample(
     for t in range(T, 0, -1):
         step = torch.full((shape[0],), t, dtype=torch.long, device=x.device)
         mean = p_mean(
-            x, _call(eps_fn, x, torch.full((1,), times[t], device=x.device)), step, alpha_bar
+            x,
+            _call(eps_fn, x, torch.full((1,), times[t], device=x.device)),
+            step,
+            alpha_bar,
         )
         if t > 1:
             x = mean + sigma[t] * torch.randn(shape, device=x.device, generator=generator)
@@ -954,7 +958,7 @@ def retrain(names=tuple(CONFIGS)) -> None:
     CHECKPOINT_DIR.mkdir(exist_ok=True)
     for name in names:
         stored = {}
-        for seed in (TOY_SEEDS if name in TOY_SCALE else (0,)):
+        for seed in TOY_SEEDS if name in TOY_SCALE else (0,):
             model, history = train_reference(name, seed, progress=True)
             half = name == "digits"
             stored[str(seed)] = {
@@ -976,7 +980,6 @@ def retrain(names=tuple(CONFIGS)) -> None:
 
 
 if __name__ == "__main__":
-
     retrain_main(
         "Train the diffusion models of book/10-diffusion.md into lib/checkpoints/10-*.pt",
         CONFIGS,

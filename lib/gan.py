@@ -1,14 +1,15 @@
 """Chapter 08: generative adversarial networks.
 
-A GAN's generator is an implicit model: x = G(z) with z ~ p(z). It can be sampled but has no
-density to evaluate. A discriminator D(x) = sigmoid(logit(x)) is trained to tell data from
-samples; the generator is trained to fool it (eq-gan-minimax in book/08-gan.md):
+A GAN's generator is an implicit model: x = G(z) with z ~ p(z). It can be sampled but
+has no density to evaluate. A discriminator D(x) = sigmoid(logit(x)) is trained to tell
+data from samples; the generator is trained to fool it (eq-gan-minimax in
+book/08-gan.md):
 
     min_G max_D  V(D, G) = E_{p_data}[log D(x)] + E_{p(z)}[log(1 - D(G(z)))].
 
 Everything is computed from the discriminator's logits, never from probabilities: with
-log sigmoid(l) = -softplus(-l) and log(1 - sigmoid(l)) = -softplus(l), the losses stay finite
-for logits of any size (`discriminator_loss`, `generator_loss`, `gan_losses`).
+log sigmoid(l) = -softplus(-l) and log(1 - sigmoid(l)) = -softplus(l), the losses stay
+finite for logits of any size (`discriminator_loss`, `generator_loss`, `gan_losses`).
 
 For a fixed G the best discriminator is D*(x) = p_data(x) / (p_data(x) + p_g(x))
 (`optimal_discriminator`), and V(D*, G) = -log 4 + 2 JSD(p_data || p_g) (`js_divergence`).
@@ -16,10 +17,11 @@ For a fixed G the best discriminator is D*(x) = p_data(x) / (p_data(x) + p_g(x))
 `GAN` holds a generator and a discriminator (MLPs), optionally with PacGAN packing: the
 discriminator judges ``pack`` samples at once, all real or all generated, which makes a
 generator that drops modes much easier to catch (eq-gan-pack). `train_gan` alternates
-discriminator and generator steps; `mode_coverage` counts the modes of the ring / grid toy sets a set of
-samples covers, and the fraction of high-quality samples (within 3 standard deviations of the
-nearest mode), as in the PacGAN and VEEGAN evaluations.
+discriminator and generator steps; `mode_coverage` counts the modes of the ring / grid
+toy sets a set of samples covers, and the fraction of high-quality samples (within 3
+standard deviations of the nearest mode), as in the PacGAN and VEEGAN evaluations.
 """
+
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -42,14 +44,21 @@ GENERATOR_LOSSES = ("non-saturating", "saturating")
 def _logits(name: str, value) -> torch.Tensor:
     float_tensor(name, value)
     if value.dim() != 1 or len(value) == 0:
-        raise ValueError(f"{name} must have shape (n,) with n >= 1 (one logit per example), got {tuple(value.shape)}")
+        raise ValueError(
+            f"{name} must have shape (n,) with n >= 1 (one logit per example), got "
+            f"{tuple(value.shape)}"
+        )
     return value
 
 
-def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """Minus the value V(D, G), estimated on a minibatch (eq-gan-d-loss in book/08-gan.md):
+def discriminator_loss(
+    real_logits: torch.Tensor, fake_logits: torch.Tensor
+) -> torch.Tensor:
+    """Minus the value V(D, G), estimated on a minibatch (eq-gan-d-loss in
+    book/08-gan.md):
 
-        -E_data[log D(x)] - E_z[log(1 - D(G(z)))] = mean softplus(-real_logits) + mean softplus(fake_logits),
+        -E_data[log D(x)] - E_z[log(1 - D(G(z)))] = mean softplus(-real_logits) + mean
+        softplus(fake_logits),
 
     the binary cross-entropy of "real" = 1, "fake" = 0. Finite for logits of any size.
     """
@@ -58,11 +67,15 @@ def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> 
     return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
 
 
-def generator_loss(fake_logits: torch.Tensor, kind: str = "non-saturating") -> torch.Tensor:
-    """The generator's loss on a minibatch of generated samples (eq-gan-g-losses in book/08-gan.md):
+def generator_loss(
+    fake_logits: torch.Tensor, kind: str = "non-saturating"
+) -> torch.Tensor:
+    """The generator's loss on a minibatch of generated samples (eq-gan-g-losses in
+    book/08-gan.md):
 
-        saturating       E_z[log(1 - D(G(z)))]  = -mean softplus(fake_logits)   (the minimax game)
-        non-saturating  -E_z[log D(G(z))]        =  mean softplus(-fake_logits)  (Goodfellow et al.'s fix)
+        saturating E_z[log(1 - D(G(z)))] = -mean softplus(fake_logits) (the minimax
+        game) non-saturating -E_z[log D(G(z))] = mean softplus(-fake_logits) (Goodfellow
+        et al.'s fix)
 
     Both are minimised by making D(G(z)) large; only the non-saturating one has a large
     gradient where D confidently rejects the samples, i.e. at the start of training.
@@ -74,9 +87,15 @@ def generator_loss(fake_logits: torch.Tensor, kind: str = "non-saturating") -> t
     return F.softplus(-fake_logits).mean()
 
 
-def gan_losses(real_logits: torch.Tensor, fake_logits: torch.Tensor, *, kind: str = "non-saturating") -> dict:
-    """``{"d_loss": discriminator_loss, "g_loss": generator_loss(kind)}`` from the same logits."""
-    return {"d_loss": discriminator_loss(real_logits, fake_logits), "g_loss": generator_loss(fake_logits, kind)}
+def gan_losses(
+    real_logits: torch.Tensor, fake_logits: torch.Tensor, *, kind: str = "non-saturating"
+) -> dict:
+    """``{"d_loss": discriminator_loss, "g_loss": generator_loss(kind)}`` from the same
+    logits."""
+    return {
+        "d_loss": discriminator_loss(real_logits, fake_logits),
+        "g_loss": generator_loss(fake_logits, kind),
+    }
 
 
 # ----------------------------------------------------------------------------------------
@@ -88,31 +107,39 @@ def _log_density(name: str, p, x: torch.Tensor) -> torch.Tensor:
         return p.log_prob(x)
     if callable(p):
         return p(x)
-    raise TypeError(f"{name} must be a torch.distributions.Distribution or a function x -> log density, "
-                    f"got {type(p).__name__}")
+    raise TypeError(
+        f"{name} must be a torch.distributions.Distribution or a function x -> log "
+        f"density, "
+        f"got {type(p).__name__}"
+    )
 
 
 def optimal_discriminator(x: torch.Tensor, p_data, p_g) -> torch.Tensor:
-    """D*(x) = p_data(x) / (p_data(x) + p_g(x)) = sigmoid(log p_data(x) - log p_g(x)), eq-gan-optimal-d
-    in book/08-gan.md.
+    """D*(x) = p_data(x) / (p_data(x) + p_g(x)) = sigmoid(log p_data(x) - log p_g(x)),
+    eq-gan-optimal-d in book/08-gan.md.
 
     p_data, p_g: distributions with ``log_prob`` (or functions returning log densities).
-    Computed from the log-density ratio, so it stays defined where both densities underflow.
+    Computed from the log-density ratio, so it stays defined where both densities
+    underflow.
     """
     float_tensor("x", x)
     return torch.sigmoid(_log_density("p_data", p_data, x) - _log_density("p_g", p_g, x))
 
 
 def js_divergence(log_p: torch.Tensor, log_q: torch.Tensor, dx: float) -> torch.Tensor:
-    """JSD(p || q) = 1/2 KL(p || m) + 1/2 KL(q || m), m = (p + q) / 2, by the trapezoid rule on
-    a regular grid with spacing ``dx``, from the log densities on that grid (eq-gan-value-at-optimum)."""
+    """JSD(p || q) = 1/2 KL(p || m) + 1/2 KL(q || m), m = (p + q) / 2, by the trapezoid
+    rule on a regular grid with spacing ``dx``, from the log densities on that grid
+    (eq-gan-value-at-optimum)."""
     float_tensor("log_p", log_p, dim=1, shape="(n,) on a regular grid")
     float_tensor("log_q", log_q, dim=1, shape="(n,) on a regular grid")
     if log_p.shape != log_q.shape:
-        raise ValueError(f"log_p and log_q must be on the same grid, got shapes {tuple(log_p.shape)} and {tuple(log_q.shape)}")
+        raise ValueError(
+            f"log_p and log_q must be on the same grid, got shapes "
+            f"{tuple(log_p.shape)} and {tuple(log_q.shape)}"
+        )
     log_m = torch.logaddexp(log_p, log_q) - math.log(2)
 
-    def p_log_ratio(log_a):                  # a (log a - log m), with 0 log 0 = 0 where a = 0
+    def p_log_ratio(log_a):  # a (log a - log m), with 0 log 0 = 0 where a = 0
         return torch.where(log_a > -math.inf, log_a.exp() * (log_a - log_m), 0.0)
 
     return torch.trapezoid(0.5 * p_log_ratio(log_p) + 0.5 * p_log_ratio(log_q), dx=dx)
@@ -130,38 +157,67 @@ def leaky_relu() -> torch.nn.Module:
 class GAN(torch.nn.Module):
     """A generator G: z -> x and a discriminator x -> logit, both MLPs with LeakyReLU.
 
-    The generator is a VAE decoder made deterministic (eq-gan-generator in book/08-gan.md):
-    x = G(z), z ~ N(0, I), with no noise model p(x | z) around it, hence no likelihood to
-    evaluate. It has ``depth`` hidden layers of
-    ``hidden`` units; the discriminator has ``d_depth`` layers of ``d_hidden`` units (by default
-    the same). ``pack = m > 1`` makes the discriminator a PacGAN_m (Lin et al. 2018): it reads m
-    samples concatenated, ``(n, d) -> (n / m, m d)``, all real or all generated, and returns one
-    logit per pack (eq-gan-pack). ``out="tanh"`` squashes samples into (-1, 1) (images); the
-    default output is linear (toy data). ``scale`` is a fixed change of units: the generator's
-    output is multiplied by it and the discriminator's input divided by it, so that both
-    networks work with data of size about 1 (the grid spans [-4, 4]). ``batch_norm=True`` gives
-    the generator BatchNorm and ReLU after each hidden linear layer, as in the PacGAN paper's
-    toy generators; the model must then be in eval mode to sample with the running statistics.
+    The generator is a VAE decoder made deterministic (eq-gan-generator in
+    book/08-gan.md): x = G(z), z ~ N(0, I), with no noise model p(x | z) around it,
+    hence no likelihood to evaluate. It has ``depth`` hidden layers of ``hidden`` units;
+    the discriminator has ``d_depth`` layers of ``d_hidden`` units (by default the
+    same). ``pack = m > 1`` makes the discriminator a PacGAN_m (Lin et al. 2018): it
+    reads m samples concatenated, ``(n, d) -> (n / m, m d)``, all real or all generated,
+    and returns one logit per pack (eq-gan-pack). ``out="tanh"`` squashes samples into
+    (-1, 1) (images); the default output is linear (toy data). ``scale`` is a fixed
+    change of units: the generator's output is multiplied by it and the discriminator's
+    input divided by it, so that both networks work with data of size about 1 (the grid
+    spans [-4, 4]). ``batch_norm=True`` gives the generator BatchNorm and ReLU after
+    each hidden linear layer, as in the PacGAN paper's toy generators; the model must
+    then be in eval mode to sample with the running statistics.
     """
 
-    def __init__(self, data_dim: int, *, latent_dim: int = 2, hidden: int = 128, depth: int = 2,
-                 d_hidden: int | None = None, d_depth: int | None = None, pack: int = 1, out: str = "linear",
-                 scale: float = 1.0, batch_norm: bool = False, seed: int = 0):
+    def __init__(
+        self,
+        data_dim: int,
+        *,
+        latent_dim: int = 2,
+        hidden: int = 128,
+        depth: int = 2,
+        d_hidden: int | None = None,
+        d_depth: int | None = None,
+        pack: int = 1,
+        out: str = "linear",
+        scale: float = 1.0,
+        batch_norm: bool = False,
+        seed: int = 0,
+    ):
         super().__init__()
-        for name, value in (("data_dim", data_dim), ("latent_dim", latent_dim), ("hidden", hidden),
-                            ("depth", depth), ("pack", pack)):
+        for name, value in (
+            ("data_dim", data_dim),
+            ("latent_dim", latent_dim),
+            ("hidden", hidden),
+            ("depth", depth),
+            ("pack", pack),
+        ):
             positive_int(name, value)
         d_hidden = hidden if d_hidden is None else positive_int("d_hidden", d_hidden)
         d_depth = depth if d_depth is None else positive_int("d_depth", d_depth)
         one_of("out", out, ("linear", "tanh"))
         if not (isinstance(scale, (int, float)) and scale > 0):
             raise ValueError(f"scale must be a positive number, got {scale!r}")
-        self.data_dim, self.latent_dim, self.pack, self.out, self.scale = data_dim, latent_dim, pack, out, float(scale)
+        self.data_dim, self.latent_dim, self.pack, self.out, self.scale = (
+            data_dim,
+            latent_dim,
+            pack,
+            out,
+            float(scale),
+        )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.generator = mlp([latent_dim] + [hidden] * depth + [data_dim],
-                                 activation=torch.nn.ReLU if batch_norm else leaky_relu, batch_norm=batch_norm)
-            self.discriminator = mlp([data_dim * pack] + [d_hidden] * d_depth + [1], activation=leaky_relu)
+            self.generator = mlp(
+                [latent_dim] + [hidden] * depth + [data_dim],
+                activation=torch.nn.ReLU if batch_norm else leaky_relu,
+                batch_norm=batch_norm,
+            )
+            self.discriminator = mlp(
+                [data_dim * pack] + [d_hidden] * d_depth + [1], activation=leaky_relu
+            )
 
     def generate(self, z: torch.Tensor) -> torch.Tensor:
         """x = G(z) for z of shape (n, latent_dim)."""
@@ -177,36 +233,58 @@ class GAN(torch.nn.Module):
             return self.generate(z)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """The discriminator's logits, one per pack of ``self.pack`` consecutive rows of x: shape (n / pack,)."""
+        """The discriminator's logits, one per pack of ``self.pack`` consecutive rows of
+        x: shape (n / pack,)."""
         if x.dim() != 2 or x.shape[1] != self.data_dim or len(x) % self.pack:
-            raise ValueError(f"x must have shape (n, {self.data_dim}) with n a multiple of pack = {self.pack}, "
-                             f"got {tuple(x.shape)}")
-        return self.discriminator(x.reshape(-1, self.pack * self.data_dim) / self.scale).squeeze(-1)
+            raise ValueError(
+                f"x must have shape (n, {self.data_dim}) with n a multiple of pack = "
+                f"{self.pack}, "
+                f"got {tuple(x.shape)}"
+            )
+        return self.discriminator(
+            x.reshape(-1, self.pack * self.data_dim) / self.scale
+        ).squeeze(-1)
 
 
 # ----------------------------------------------------------------------------------------
 # Training: alternating discriminator and generator steps
 
 
-def train_gan(model: GAN, x: torch.Tensor, *, steps: int, batch_size: int = 100, lr: float = 1e-3,
-              d_lr: float | None = None, d_steps: int = 1, betas: tuple[float, float] = (0.5, 0.999),
-              kind: str = "non-saturating", schedule: str = "constant", seed: int = 0, snapshots=(),
-              n_snapshot: int = 500, progress=None, desc: str | None = None) -> dict:
+def train_gan(
+    model: GAN,
+    x: torch.Tensor,
+    *,
+    steps: int,
+    batch_size: int = 100,
+    lr: float = 1e-3,
+    d_lr: float | None = None,
+    d_steps: int = 1,
+    betas: tuple[float, float] = (0.5, 0.999),
+    kind: str = "non-saturating",
+    schedule: str = "constant",
+    seed: int = 0,
+    snapshots=(),
+    n_snapshot: int = 500,
+    progress=None,
+    desc: str | None = None,
+) -> dict:
     """Train ``model`` on the rows of ``x`` (shape (n, data_dim), on the model's device).
 
     Each step alternates the two players: ``d_steps`` Adam steps on the discriminator loss
-    (eq-gan-d-loss) with the generated batch detached, then one Adam step on the generator loss
-    ``kind`` (eq-gan-g-losses) through a fresh batch of samples. Every batch holds
-    ``batch_size * model.pack`` rows of each class, i.e. ``batch_size`` (packed) discriminator
-    examples. Minibatch indices and noise are drawn on the device: no host synchronisation.
+    (eq-gan-d-loss) with the generated batch detached, then one Adam step on the
+    generator loss ``kind`` (eq-gan-g-losses) through a fresh batch of samples. Every
+    batch holds ``batch_size * model.pack`` rows of each class, i.e. ``batch_size``
+    (packed) discriminator examples. Minibatch indices and noise are drawn on the
+    device: no host synchronisation.
 
-    lr, d_lr: the Adam learning rates of the generator and the discriminator (``d_lr`` defaults
+    lr, d_lr: the Adam learning rates of the generator and the discriminator (``d_lr``
+    defaults
               to ``lr``); ``schedule="cosine"`` decays both to zero over the run.
-    snapshots: steps (0..steps) at which to record ``n_snapshot`` samples on a fixed noise batch.
-    Returns the history, like `lib.train.minimise`: "d_loss" (the last discriminator step's),
-    "g_loss", "d_real" and "d_fake" (mean D on the data and on the samples of that step), each a
-    1-D CPU tensor with one entry per step; plus "snapshots", a dict step -> (n_snapshot,
-    data_dim) CPU tensor, when asked for.
+    snapshots: steps (0..steps) at which to record ``n_snapshot`` samples on a fixed
+    noise batch. Returns the history, like `lib.train.minimise`: "d_loss" (the last
+    discriminator step's), "g_loss", "d_real" and "d_fake" (mean D on the data and on
+    the samples of that step), each a 1-D CPU tensor with one entry per step; plus
+    "snapshots", a dict step -> (n_snapshot, data_dim) CPU tensor, when asked for.
     """
     float_tensor("x", x, dim=2, shape=f"(n, {model.data_dim})")
     if x.shape[1] != model.data_dim:
@@ -220,11 +298,23 @@ def train_gan(model: GAN, x: torch.Tensor, *, steps: int, batch_size: int = 100,
     device, m = x.device, batch_size * model.pack
     g = torch.Generator(device=device).manual_seed(seed)
     z_fixed = torch.randn(n_snapshot, model.latent_dim, device=device, generator=g)
-    opt_d = torch.optim.Adam(model.discriminator.parameters(), lr=lr if d_lr is None else d_lr, betas=betas,
-                             foreach=True)
-    opt_g = torch.optim.Adam(model.generator.parameters(), lr=lr, betas=betas, foreach=True)
-    decay = [torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1)) for opt in (opt_d, opt_g)
-             ] if schedule == "cosine" else []
+    opt_d = torch.optim.Adam(
+        model.discriminator.parameters(),
+        lr=lr if d_lr is None else d_lr,
+        betas=betas,
+        foreach=True,
+    )
+    opt_g = torch.optim.Adam(
+        model.generator.parameters(), lr=lr, betas=betas, foreach=True
+    )
+    decay = (
+        [
+            torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
+            for opt in (opt_d, opt_g)
+        ]
+        if schedule == "cosine"
+        else []
+    )
     records, shots = defaultdict(list), {}
 
     def noise():
@@ -232,22 +322,29 @@ def train_gan(model: GAN, x: torch.Tensor, *, steps: int, batch_size: int = 100,
 
     def snapshot(step):
         if step in snapshots:
-            model.eval()                             # what sampling will show (BatchNorm's running statistics)
+            model.eval()  # what sampling will show (BatchNorm's running statistics)
             with torch.no_grad():
                 shots[step] = model.generate(z_fixed)
             model.train()
 
     model.train()
-    for step in tqdm(range(steps), desc=desc, disable=not show_progress(progress), leave=False):
+    for step in tqdm(
+        range(steps), desc=desc, disable=not show_progress(progress), leave=False
+    ):
         snapshot(step)
-        for _ in range(d_steps):                     # the discriminator, with G fixed
+        for _ in range(d_steps):  # the discriminator, with G fixed
             real = x[torch.randint(len(x), (m,), device=device, generator=g)]
-            real_logits, fake_logits = model.logits(real), model.logits(model.generate(noise()).detach())
+            real_logits, fake_logits = (
+                model.logits(real),
+                model.logits(model.generate(noise()).detach()),
+            )
             d_loss = discriminator_loss(real_logits, fake_logits)
             opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             opt_d.step()
-        g_loss = generator_loss(model.logits(model.generate(noise())), kind)   # the generator, with D fixed
+        g_loss = generator_loss(
+            model.logits(model.generate(noise())), kind
+        )  # the generator, with D fixed
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         opt_g.step()
@@ -259,9 +356,13 @@ def train_gan(model: GAN, x: torch.Tensor, *, steps: int, batch_size: int = 100,
         records["d_fake"].append(torch.sigmoid(fake_logits.detach()).mean())
     snapshot(steps)
     model.eval()
-    history = {name: torch.stack(values).float().cpu() for name, values in records.items()}
+    history = {
+        name: torch.stack(values).float().cpu() for name, values in records.items()
+    }
     if shots:
-        history["snapshots"] = {step: value.cpu() for step, value in sorted(shots.items())}
+        history["snapshots"] = {
+            step: value.cpu() for step, value in sorted(shots.items())
+        }
     return history
 
 
@@ -269,63 +370,97 @@ def train_gan(model: GAN, x: torch.Tensor, *, steps: int, batch_size: int = 100,
 # Evaluation: modes covered and high-quality samples
 
 
-def mode_coverage(samples: torch.Tensor, name: str, *, threshold: float = 3.0, min_count: int = 1) -> dict:
-    """How well samples cover the modes of a toy set, ``name`` = "ring" (8 modes) or "grid" (25).
+def mode_coverage(
+    samples: torch.Tensor, name: str, *, threshold: float = 3.0, min_count: int = 1
+) -> dict:
+    """How well samples cover the modes of a toy set, ``name`` = "ring" (8 modes) or
+    "grid" (25).
 
     A sample is *high quality* if it lies within ``threshold`` standard deviations
-    (``lib.data.TOY2D_STD[name]``) of its nearest mode centre; a mode is *covered* if at least
-    ``min_count`` high-quality samples are nearest to it (the PacGAN/VEEGAN evaluation, on
-    2500 samples there). Returns ``{"modes": covered count, "high_quality": fraction in [0, 1],
-    "counts": high-quality samples per mode (tensor of shape (n_modes,))}``.
+    (``lib.data.TOY2D_STD[name]``) of its nearest mode centre; a mode is *covered* if at
+    least ``min_count`` high-quality samples are nearest to it (the PacGAN/VEEGAN
+    evaluation, on 2500 samples there). Returns ``{"modes": covered count,
+    "high_quality": fraction in [0, 1], "counts": high-quality samples per mode (tensor
+    of shape (n_modes,))}``.
     """
     float_tensor("samples", samples, dim=2, shape="(n, 2)")
     if samples.shape[1] != 2 or len(samples) == 0:
-        raise ValueError(f"samples must have shape (n, 2) with n >= 1, got {tuple(samples.shape)}")
+        raise ValueError(
+            f"samples must have shape (n, 2) with n >= 1, got {tuple(samples.shape)}"
+        )
     modes = toy2d_modes(name).to(samples.device, samples.dtype)
     positive_int("min_count", min_count)
     distance, nearest = torch.cdist(samples, modes).min(1)
     good = distance < threshold * TOY2D_STD[name]
     counts = torch.bincount(nearest[good], minlength=len(modes))
-    return {"modes": int((counts >= min_count).sum()), "high_quality": good.float().mean().item(), "counts": counts}
+    return {
+        "modes": int((counts >= min_count).sum()),
+        "high_quality": good.float().mean().item(),
+        "counts": counts,
+    }
 
 
 # ----------------------------------------------------------------------------------------
 # The ring and grid experiments: train (python -m lib.gan --retrain) or load
 
 TOY_SEEDS = (0, 1, 2)
-TOY_PACKS = (1, 2)                       # 1: the plain GAN, 2: PacGAN2
-TOY_SCALE = {"ring": 1.0, "grid": 2.0 * math.sqrt(2.0)}   # the data's standard deviation per coordinate
+TOY_PACKS = (1, 2)  # 1: the plain GAN, 2: PacGAN2
+TOY_SCALE = {
+    "ring": 1.0,
+    "grid": 2.0 * math.sqrt(2.0),
+}  # the data's standard deviation per coordinate
 _MLPS = dict(latent_dim=2, hidden=128, depth=3, d_hidden=128, d_depth=2)
-_GRID_TRAINING = dict(steps=20_000, batch_size=256, lr=1e-3, d_lr=2e-3, d_steps=2, schedule="cosine")
-TOY_EXPERIMENTS = {                      # name -> data set, model and training, the same for GAN and PacGAN2
-    "ring": dict(data="ring", model=_MLPS, training=dict(steps=15_000, batch_size=256, lr=5e-4, schedule="cosine")),
-    "grid": dict(data="grid", model=_MLPS, training=_GRID_TRAINING),    # a stronger discriminator than the ring's
-    "grid-bn": dict(data="grid", model=_MLPS | dict(batch_norm=True), training=_GRID_TRAINING),
+_GRID_TRAINING = dict(
+    steps=20_000, batch_size=256, lr=1e-3, d_lr=2e-3, d_steps=2, schedule="cosine"
+)
+TOY_EXPERIMENTS = {  # name -> data set, model and training, the same for GAN and PacGAN2
+    "ring": dict(
+        data="ring",
+        model=_MLPS,
+        training=dict(steps=15_000, batch_size=256, lr=5e-4, schedule="cosine"),
+    ),
+    "grid": dict(
+        data="grid", model=_MLPS, training=_GRID_TRAINING
+    ),  # a stronger discriminator than the ring's
+    "grid-bn": dict(
+        data="grid", model=_MLPS | dict(batch_norm=True), training=_GRID_TRAINING
+    ),
 }
 TOY_SNAPSHOTS = (0, 500, 1000, 2500, 5000)  # and the last step
-TOY_HISTORY_EVERY = 100                  # loss histories are stored as means over blocks of 100 steps
+TOY_HISTORY_EVERY = 100  # loss histories are stored as means over blocks of 100 steps
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 
 
 def toy_gan(name: str, pack: int, seed: int) -> GAN:
-    """The GAN (pack = 1) or PacGAN2 (pack = 2) of the experiment ``name`` in book/08-gan.md:
-    "ring", "grid" or "grid-bn" (the grid with a batch-normalised generator)."""
+    """The GAN (pack = 1) or PacGAN2 (pack = 2) of the experiment ``name`` in
+    book/08-gan.md: "ring", "grid" or "grid-bn" (the grid with a batch-normalised
+    generator)."""
     one_of("name", name, TOY_EXPERIMENTS)
     experiment = TOY_EXPERIMENTS[name]
-    return GAN(2, **experiment["model"], pack=pack, scale=TOY_SCALE[experiment["data"]], seed=seed)
+    return GAN(
+        2,
+        **experiment["model"],
+        pack=pack,
+        scale=TOY_SCALE[experiment["data"]],
+        seed=seed,
+    )
 
 
 def _checkpoint(name: str) -> Path:
     """lib/checkpoints/08-toy-<experiment>.pt or 08-digits.pt"""
-    return CHECKPOINT_DIR / (f"08-toy-{name}.pt" if name in TOY_EXPERIMENTS else f"08-{name}.pt")
+    return CHECKPOINT_DIR / (
+        f"08-toy-{name}.pt" if name in TOY_EXPERIMENTS else f"08-{name}.pt"
+    )
 
 
 def train_toy_gans(name: str, *, seeds=TOY_SEEDS, progress=None) -> dict:
-    """Train GAN and PacGAN2 in one toy experiment (a key of TOY_EXPERIMENTS) for every seed.
+    """Train GAN and PacGAN2 in one toy experiment (a key of TOY_EXPERIMENTS) for every
+    seed.
 
     Returns the state stored in ``lib/checkpoints/08-toy-<name>.pt``: for each run
-    ``"<pack>/<seed>"`` the generator's state_dict, the coverage measured right after training,
-    the loss history (means over blocks of 100 steps) and 500 samples at a few steps of training.
+    ``"<pack>/<seed>"`` the generator's state_dict, the coverage measured right after
+    training, the loss history (means over blocks of 100 steps) and 500 samples at a few
+    steps of training.
     """
     one_of("name", name, TOY_EXPERIMENTS)
     data, training = TOY_EXPERIMENTS[name]["data"], TOY_EXPERIMENTS[name]["training"]
@@ -335,30 +470,46 @@ def train_toy_gans(name: str, *, seeds=TOY_SEEDS, progress=None) -> dict:
         for seed in seeds:
             key = f"{pack}/{seed}"
             model = toy_gan(name, pack, seed)
-            history = train_gan(model, x, **training, seed=seed, progress=progress, desc=f"{name} {key}",
-                                snapshots=(*TOY_SNAPSHOTS, training["steps"]))
+            history = train_gan(
+                model,
+                x,
+                **training,
+                seed=seed,
+                progress=progress,
+                desc=f"{name} {key}",
+                snapshots=(*TOY_SNAPSHOTS, training["steps"]),
+            )
             state["generators"][key] = model.generator.state_dict()
-            cover = mode_coverage(model.sample(2500, generator=torch.Generator().manual_seed(seed)), data)
+            cover = mode_coverage(
+                model.sample(2500, generator=torch.Generator().manual_seed(seed)), data
+            )
             state["coverage"][key] = torch.tensor([cover["modes"], cover["high_quality"]])
-            state["history"][key] = {k: history[k].reshape(-1, TOY_HISTORY_EVERY).mean(1)
-                                     for k in ("d_loss", "g_loss", "d_real", "d_fake")}
+            state["history"][key] = {
+                k: history[k].reshape(-1, TOY_HISTORY_EVERY).mean(1)
+                for k in ("d_loss", "g_loss", "d_real", "d_fake")
+            }
             if "snapshots" in history:
-                state["snapshots"][key] = {str(step): v for step, v in history["snapshots"].items()}
+                state["snapshots"][key] = {
+                    str(step): v for step, v in history["snapshots"].items()
+                }
     return state
 
 
 def load_toy_gans(names=tuple(TOY_EXPERIMENTS)) -> dict:
     """Load the trained GANs of the toy experiments (see `train_toy_gans`).
 
-    Returns ``{"models": {(name, pack, seed): GAN in eval mode}, "runs": {(name, pack, seed):
-    {"coverage": (modes, high-quality fraction) at training time, "history": {...} with a
-    "step" axis, "snapshots": {step: 500 samples on a fixed noise batch}}}}``.
+    Returns ``{"models": {(name, pack, seed): GAN in eval mode}, "runs": {(name, pack,
+    seed): {"coverage": (modes, high-quality fraction) at training time, "history":
+    {...} with a "step" axis, "snapshots": {step: 500 samples on a fixed noise
+    batch}}}}``.
     """
     models, runs = {}, {}
     for name in names:
         path = _checkpoint(name)
         if not path.exists():
-            raise FileNotFoundError(f"{path} is missing: run `python -m lib.gan --retrain`")
+            raise FileNotFoundError(
+                f"{path} is missing: run `python -m lib.gan --retrain`"
+            )
         state = torch.load(path, weights_only=True)
         for key, generator_state in state["generators"].items():
             pack, seed = map(int, key.split("/"))
@@ -366,10 +517,16 @@ def load_toy_gans(names=tuple(TOY_EXPERIMENTS)) -> dict:
             model.generator.load_state_dict(generator_state)
             models[(name, pack, seed)] = model.eval()
             history = dict(state["history"][key])
-            history["step"] = (torch.arange(len(history["d_loss"])) + 0.5) * TOY_HISTORY_EVERY
+            history["step"] = (
+                torch.arange(len(history["d_loss"])) + 0.5
+            ) * TOY_HISTORY_EVERY
             runs[(name, pack, seed)] = {
-                "coverage": tuple(state["coverage"][key].tolist()), "history": history,
-                "snapshots": {int(step): v for step, v in state["snapshots"].get(key, {}).items()}}
+                "coverage": tuple(state["coverage"][key].tolist()),
+                "history": history,
+                "snapshots": {
+                    int(step): v for step, v in state["snapshots"].get(key, {}).items()
+                },
+            }
     return {"models": models, "runs": runs}
 
 
@@ -386,7 +543,8 @@ def digits_gan(pack: int = 1, seed: int = 0) -> GAN:
 
 
 def digits_to_unit(x: torch.Tensor) -> torch.Tensor:
-    """Grey levels 0..16 of shape (n, 1, 8, 8) -> (n, 64) in [-1, 1]; `unit_to_digits` inverts it."""
+    """Grey levels 0..16 of shape (n, 1, 8, 8) -> (n, 64) in [-1, 1]; `unit_to_digits`
+    inverts it."""
     return x.flatten(1) / 8 - 1
 
 
@@ -396,20 +554,32 @@ def unit_to_digits(x: torch.Tensor) -> torch.Tensor:
 
 
 def train_digits_gans(*, progress=None) -> dict:
-    """Train a GAN and a PacGAN2 on the training digits; return their generators' state_dicts
-    and loss histories (means over blocks of 100 steps), as stored in ``08-digits.pt``."""
+    """Train a GAN and a PacGAN2 on the training digits; return their generators'
+    state_dicts and loss histories (means over blocks of 100 steps), as stored in
+    ``08-digits.pt``."""
     x = digits_to_unit(digits("train")[0])
     state = {"generators": {}, "history": {}}
     for pack in TOY_PACKS:
         model = digits_gan(pack)
-        history = train_gan(model, x, **DIGITS_TRAINING, seed=0, progress=progress, desc=f"digits pack {pack}")
+        history = train_gan(
+            model,
+            x,
+            **DIGITS_TRAINING,
+            seed=0,
+            progress=progress,
+            desc=f"digits pack {pack}",
+        )
         state["generators"][str(pack)] = model.generator.state_dict()
-        state["history"][str(pack)] = {k: history[k].reshape(-1, TOY_HISTORY_EVERY).mean(1) for k in ("d_loss", "g_loss")}
+        state["history"][str(pack)] = {
+            k: history[k].reshape(-1, TOY_HISTORY_EVERY).mean(1)
+            for k in ("d_loss", "g_loss")
+        }
     return state
 
 
 def load_digits_gans() -> dict:
-    """``{pack: GAN in eval mode}`` for pack 1 (GAN) and 2 (PacGAN2), from ``08-digits.pt``."""
+    """``{pack: GAN in eval mode}`` for pack 1 (GAN) and 2 (PacGAN2), from
+    ``08-digits.pt``."""
     path = _checkpoint("digits")
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: run `python -m lib.gan --retrain`")
@@ -423,7 +593,8 @@ def load_digits_gans() -> dict:
 
 
 def retrain(names=("digits", *TOY_EXPERIMENTS)) -> None:
-    """Train the digits GANs and the GANs of each named toy experiment; overwrite their checkpoints."""
+    """Train the digits GANs and the GANs of each named toy experiment; overwrite their
+    checkpoints."""
     CHECKPOINT_DIR.mkdir(exist_ok=True)
     for name in names:
         if name == "digits":
@@ -432,9 +603,15 @@ def retrain(names=("digits", *TOY_EXPERIMENTS)) -> None:
         state = train_toy_gans(name, progress=True)
         torch.save(state, _checkpoint(name))
         for key, (modes, quality) in state["coverage"].items():
-            print(f"{name} pack/seed {key}: {int(modes)} modes, {100 * quality:.1f}% high quality")
+            print(
+                f"{name} pack/seed {key}: {int(modes)} modes, {100 * quality:.1f}% "
+                f"high quality"
+            )
 
 
 if __name__ == "__main__":
-
-    retrain_main("Train the GANs of book/08-gan.md into lib/checkpoints/08-*.pt", ["digits", *TOY_EXPERIMENTS], retrain)
+    retrain_main(
+        "Train the GANs of book/08-gan.md into lib/checkpoints/08-*.pt",
+        ["digits", *TOY_EXPERIMENTS],
+        retrain,
+    )

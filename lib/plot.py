@@ -1,4 +1,5 @@
 """The book's figures: one style, labelled axes, and helpers each chapter shares."""
+
 import matplotlib.pyplot as plt
 import torch
 
@@ -22,8 +23,14 @@ def use_style() -> None:
     plt.rcParams.update(STYLE)
 
 
-def image_grid(x: torch.Tensor, *, nrow: int = 8, ax=None, title: str | None = None,
-               vmax: float | None = None):
+def image_grid(
+    x: torch.Tensor,
+    *,
+    nrow: int = 8,
+    ax=None,
+    title: str | None = None,
+    vmax: float | None = None,
+):
     """Show images of shape (n, 1, H, W) (or (n, H, W)) as one grid, ``nrow`` per row."""
     x = torch.as_tensor(x).detach().float().cpu()
     if x.dim() == 4:
@@ -31,16 +38,25 @@ def image_grid(x: torch.Tensor, *, nrow: int = 8, ax=None, title: str | None = N
             raise ValueError(f"x must have one channel, got shape {tuple(x.shape)}")
         x = x[:, 0]
     if x.dim() != 3:
-        raise ValueError(f"x must have shape (n, 1, H, W) or (n, H, W), got {tuple(x.shape)}")
+        raise ValueError(
+            f"x must have shape (n, 1, H, W) or (n, H, W), got {tuple(x.shape)}"
+        )
     n, h, w = x.shape
     ncol = -(-n // nrow)
     canvas = torch.full((ncol * (h + 1) + 1, nrow * (w + 1) + 1), float("nan"))
     for i in range(n):
         r, c = divmod(i, nrow)
-        canvas[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = x[i]
+        canvas[
+            1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + c * (w + 1) : 1 + c * (w + 1) + w
+        ] = x[i]
     ax = ax or plt.gca()
-    ax.imshow(canvas.numpy(), cmap="Greys", vmin=0, vmax=vmax if vmax is not None else float(x.max()),
-              interpolation="nearest")
+    ax.imshow(
+        canvas.numpy(),
+        cmap="Greys",
+        vmin=0,
+        vmax=vmax if vmax is not None else float(x.max()),
+        interpolation="nearest",
+    )
     ax.set_axis_off()
     if title:
         ax.set_title(title)
@@ -64,25 +80,47 @@ def scatter_2d(x: torch.Tensor, *, ax=None, title: str | None = None, **kwargs):
         raise ValueError(f"x must have shape (n, 2), got {tuple(x.shape)}")
     x = x.numpy()
     ax = ax or plt.gca()
-    ax.scatter(x[:, 0], x[:, 1], s=kwargs.pop("s", 4), alpha=kwargs.pop("alpha", 0.5), **kwargs)
+    ax.scatter(
+        x[:, 0], x[:, 1], s=kwargs.pop("s", 4), alpha=kwargs.pop("alpha", 0.5), **kwargs
+    )
     return _plane(ax, title)
 
 
-def density_2d(log_prob, *, xlim=(-3, 3), ylim=(-3, 3), n: int = 150, ax=None,
-               title: str | None = None, filled: bool = False, **kwargs):
+def density_2d(
+    log_prob,
+    *,
+    xlim=(-3, 3),
+    ylim=(-3, 3),
+    n: int = 150,
+    ax=None,
+    title: str | None = None,
+    filled: bool = False,
+    **kwargs,
+):
     """Contours of a 2-D density given by ``log_prob(points of shape (m, 2)) -> (m,)``."""
     xs, ys = torch.linspace(*xlim, n), torch.linspace(*ylim, n)
     grid = torch.cartesian_prod(xs, ys)
     with torch.no_grad():
         density = log_prob(grid).exp().reshape(n, n).T
     ax = ax or plt.gca()
-    (ax.contourf if filled else ax.contour)(xs.numpy(), ys.numpy(), density.numpy(), **kwargs)
+    (ax.contourf if filled else ax.contour)(
+        xs.numpy(), ys.numpy(), density.numpy(), **kwargs
+    )
     return _plane(ax, title)
 
 
-def curves(history: dict, *, keys=None, ax=None, smooth: int = 1, xlabel: str = "step",
-           ylabel: str = "nats", title: str | None = None):
-    """Plot named per-step terms from a training history, optionally with a moving average."""
+def curves(
+    history: dict,
+    *,
+    keys=None,
+    ax=None,
+    smooth: int = 1,
+    xlabel: str = "step",
+    ylabel: str = "nats",
+    title: str | None = None,
+):
+    """Plot named per-step terms from a training history, optionally with a moving
+    average."""
     keys = list(history) if keys is None else list(keys)
     ax = ax or plt.gca()
     for key in keys:
@@ -102,9 +140,9 @@ def curves(history: dict, *, keys=None, ax=None, smooth: int = 1, xlabel: str = 
 def latent_manifold(decode, *, n: int = 15, ax=None, title: str | None = None):
     """Decode a 2-D latent grid spaced by the standard Gaussian's quantiles.
 
-    The grid points are Phi^{-1}(u) for u evenly spaced in (0, 1), so equal areas of the grid
-    carry equal prior mass (Kingma & Welling's manifold figure). ``decode(z of shape (m, 2))``
-    returns images of shape (m, 1, H, W).
+    The grid points are Phi^{-1}(u) for u evenly spaced in (0, 1), so equal areas of the
+    grid carry equal prior mass (Kingma & Welling's manifold figure). ``decode(z of
+    shape (m, 2))`` returns images of shape (m, 1, H, W).
     """
     u = torch.linspace(0.5 / n, 1 - 0.5 / n, n)
     z1 = torch.distributions.Normal(0.0, 1.0).icdf(u)
@@ -126,8 +164,13 @@ def results_table(rows: list[dict], *, digits: int = 4):
         if isinstance(value, torch.Tensor):
             value = value.item()
         text = f"{value:.{digits}g}" if isinstance(value, float) else str(value)
-        return text.replace("|", "\\|")  # a bare | would split the cell ("|mean|", "p(x|z)")
+        return text.replace(
+            "|", "\\|"
+        )  # a bare | would split the cell ("|mean|", "p(x|z)")
 
-    lines = ["| " + " | ".join(cell(c) for c in columns) + " |", "|" + "---|" * len(columns)]
+    lines = [
+        "| " + " | ".join(cell(c) for c in columns) + " |",
+        "|" + "---|" * len(columns),
+    ]
     lines += ["| " + " | ".join(cell(row[c]) for c in columns) + " |" for row in rows]
     return Markdown("\n".join(lines))

@@ -1,29 +1,32 @@
-"""Chapter 07: the vector-quantised VAE (VQ-VAE), a learned codebook and a prior over codes.
+"""Chapter 07: the vector-quantised VAE (VQ-VAE), a learned codebook and a prior over
+codes.
 
-An encoder maps an image x to a grid of vectors z_e(x) of dimension D (here 8x8 digits to a 4x4
-grid). Each vector is replaced by its nearest entry of a codebook e_1, ..., e_K
+An encoder maps an image x to a grid of vectors z_e(x) of dimension D (here 8x8 digits
+to a 4x4 grid). Each vector is replaced by its nearest entry of a codebook e_1, ..., e_K
 (eq-vq-nearest in book/07-vq-vae.md),
 
     k(z) = argmin_k ||z - e_k||^2,     z_q = e_{k(z)},
 
-and the decoder models p(x | z_q). The argmin has no useful gradient, so the encoder is trained
-with the straight-through estimator (eq-vq-st): the forward pass uses z_q, the backward pass
-copies the gradient at z_q to z_e. The loss per image (eq-vq-loss) is
+and the decoder models p(x | z_q). The argmin has no useful gradient, so the encoder is
+trained with the straight-through estimator (eq-vq-st): the forward pass uses z_q, the
+backward pass copies the gradient at z_q to z_e. The loss per image (eq-vq-loss) is
 
     -log p(x | z_q) + ||sg[z_e] - e||^2 + beta ||z_e - sg[e]||^2,     beta = 0.25,
 
-summed over the grid positions: the codebook term moves the codes towards the encoder outputs,
-the commitment term keeps the encoder outputs near their codes. In ``mode="ema"`` the codebook
-term is replaced by exponential moving averages of the assigned vectors (eq-vq-ema), with decay
-0.99 and Laplace smoothing of the counts; the codebook and its statistics are then buffers, not
-parameters. Codes that no vector chooses (dead codes) can be restarted on encoder outputs.
+summed over the grid positions: the codebook term moves the codes towards the encoder
+outputs, the commitment term keeps the encoder outputs near their codes. In
+``mode="ema"`` the codebook term is replaced by exponential moving averages of the
+assigned vectors (eq-vq-ema), with decay 0.99 and Laplace smoothing of the counts; the
+codebook and its statistics are then buffers, not parameters. Codes that no vector
+chooses (dead codes) can be restarted on encoder outputs.
 
-`code_perplexity` measures how many codes are in use, exp of the entropy of the code histogram.
-A `lib.pixelcnn.GatedPixelCNN` with K levels learns the prior over grids of code indices: sample
-a grid, decode it, and the VQ-VAE is a generative model ("the VAE as a tokenizer, the prior
-learned by an autoregressive model"). `pretrained` loads the book's models, trained by
-``python -m lib.vq --retrain``.
+`code_perplexity` measures how many codes are in use, exp of the entropy of the code
+histogram. A `lib.pixelcnn.GatedPixelCNN` with K levels learns the prior over grids of
+code indices: sample a grid, decode it, and the VQ-VAE is a generative model ("the VAE
+as a tokenizer, the prior learned by an autoregressive model"). `pretrained` loads the
+book's models, trained by ``python -m lib.vq --retrain``.
 """
+
 from __future__ import annotations
 
 import time
@@ -46,35 +49,44 @@ CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
 
 
 def squared_distances(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """All squared distances ||z_i - e_k||^2, shape (m, K), for z (m, D) and codebook (K, D).
+    """All squared distances ||z_i - e_k||^2, shape (m, K), for z (m, D) and codebook
+    (K, D).
 
-    Expanded as ||z||^2 - 2 z.e + ||e||^2 (eq-vq-distance): one matrix product, no loop over
-    the codes and no (m, K, D) intermediate. Rounding can make an entry slightly negative.
+    Expanded as ||z||^2 - 2 z.e + ||e||^2 (eq-vq-distance): one matrix product, no loop
+    over the codes and no (m, K, D) intermediate. Rounding can make an entry slightly
+    negative.
     """
     float_tensor("z", z, dim=2, shape="(m, D)")
     float_tensor("codebook", codebook, dim=2, shape="(K, D)")
     if z.shape[1] != codebook.shape[1]:
-        raise ValueError(f"z has vectors of dimension {z.shape[1]} but the codebook's are {codebook.shape[1]}: "
-                         f"z must have shape (m, {codebook.shape[1]}), got {tuple(z.shape)}")
+        raise ValueError(
+            f"z has vectors of dimension {z.shape[1]} but the codebook's are "
+            f"{codebook.shape[1]}: "
+            f"z must have shape (m, {codebook.shape[1]}), got {tuple(z.shape)}"
+        )
     return z.pow(2).sum(1, keepdim=True) - 2 * z @ codebook.T + codebook.pow(2).sum(1)
 
 
 def nearest_code(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """Index of the nearest code for every row of z (eq-vq-nearest): a long tensor (m,)."""
+    """Index of the nearest code for every row of z (eq-vq-nearest): a long tensor
+    (m,)."""
     return squared_distances(z, codebook).argmin(1)
 
 
 def straight_through(z_e: torch.Tensor, z_q: torch.Tensor) -> torch.Tensor:
-    """z_e + sg[z_q - z_e] (eq-vq-st): equal to z_q in the forward pass; in the backward pass
-    the gradient arriving at the output goes unchanged to z_e (and none to z_q)."""
+    """z_e + sg[z_q - z_e] (eq-vq-st): equal to z_q in the forward pass; in the backward
+    pass the gradient arriving at the output goes unchanged to z_e (and none to z_q)."""
     return z_e + (z_q - z_e).detach()
 
 
-def vq_loss_terms(z_e: torch.Tensor, z_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def vq_loss_terms(
+    z_e: torch.Tensor, z_q: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The codebook and commitment terms of (eq-vq-loss), per image, shape (n,) each:
 
-        codebook   = sum over positions and dimensions of (sg[z_e] - z_q)^2   (moves the codes only)
-        commitment = sum over positions and dimensions of (z_e - sg[z_q])^2   (moves the encoder only)
+        codebook = sum over positions and dimensions of (sg[z_e] - z_q)^2 (moves the
+        codes only) commitment = sum over positions and dimensions of (z_e - sg[z_q])^2
+        (moves the encoder only)
 
     z_e, z_q: (n, D, h, w), z_q the codes chosen for z_e. The two are equal in value; the
     stop-gradients decide which side each one trains. The loss weights commitment by beta.
@@ -82,29 +94,51 @@ def vq_loss_terms(z_e: torch.Tensor, z_q: torch.Tensor) -> tuple[torch.Tensor, t
     float_tensor("z_e", z_e, dim=4, shape="(n, D, h, w)")
     float_tensor("z_q", z_q, dim=4, shape="(n, D, h, w)")
     if z_e.shape != z_q.shape:
-        raise ValueError(f"z_q must have the shape of z_e {tuple(z_e.shape)}, got {tuple(z_q.shape)}")
+        raise ValueError(
+            f"z_q must have the shape of z_e {tuple(z_e.shape)}, got {tuple(z_q.shape)}"
+        )
     codebook = (z_e.detach() - z_q).pow(2).flatten(1).sum(1)
     commitment = (z_e - z_q.detach()).pow(2).flatten(1).sum(1)
     return codebook, commitment
 
 
 def code_histogram(indices: torch.Tensor, n_codes: int) -> torch.Tensor:
-    """How often each code occurs in ``indices`` (any shape, values 0..K-1): float tensor (K,)."""
+    """How often each code occurs in ``indices`` (any shape, values 0..K-1): float
+    tensor (K,)."""
     positive_int("n_codes", n_codes)
-    if not isinstance(indices, torch.Tensor) or indices.is_floating_point() or indices.dtype == torch.bool:
-        raise TypeError(f"indices must be an integer torch.Tensor of code indices, got "
-                        f"{getattr(indices, 'dtype', type(indices).__name__)}")
-    if indices.device.type == "cpu" and indices.numel() and (indices.min() < 0 or indices.max() >= n_codes):
-        raise ValueError(f"indices must lie in 0..{n_codes - 1}, got values in {indices.min().item()}..{indices.max().item()}")
-    flat = indices.flatten().long()          # scatter_add, unlike bincount, needs no host sync on a GPU
-    return torch.zeros(n_codes, device=flat.device).scatter_add_(0, flat, torch.ones(len(flat), device=flat.device))
+    if (
+        not isinstance(indices, torch.Tensor)
+        or indices.is_floating_point()
+        or indices.dtype == torch.bool
+    ):
+        raise TypeError(
+            f"indices must be an integer torch.Tensor of code indices, got "
+            f"{getattr(indices, 'dtype', type(indices).__name__)}"
+        )
+    if (
+        indices.device.type == "cpu"
+        and indices.numel()
+        and (indices.min() < 0 or indices.max() >= n_codes)
+    ):
+        raise ValueError(
+            f"indices must lie in 0..{n_codes - 1}, got values in "
+            f"{indices.min().item()}..{indices.max().item()}"
+        )
+    flat = (
+        indices.flatten().long()
+    )  # scatter_add, unlike bincount, needs no host sync on a GPU
+    return torch.zeros(n_codes, device=flat.device).scatter_add_(
+        0, flat, torch.ones(len(flat), device=flat.device)
+    )
 
 
 def code_perplexity(indices: torch.Tensor, n_codes: int) -> torch.Tensor:
-    """exp of the entropy of the code histogram (eq-vq-perplexity), a 0-dim tensor in [1, K].
+    """exp of the entropy of the code histogram (eq-vq-perplexity), a 0-dim tensor in
+    [1, K].
 
-    K when every code is used equally often, 1 when one code takes everything: the effective
-    number of codes in use. ``indices``: code indices of any shape (e.g. (n, h, w)).
+    K when every code is used equally often, 1 when one code takes everything: the
+    effective number of codes in use. ``indices``: code indices of any shape (e.g. (n,
+    h, w)).
     """
     counts = code_histogram(indices, n_codes)
     p = counts / counts.sum().clamp(min=1)
@@ -112,7 +146,8 @@ def code_perplexity(indices: torch.Tensor, n_codes: int) -> torch.Tensor:
 
 
 def codes_used(indices: torch.Tensor, n_codes: int) -> torch.Tensor:
-    """The fraction of the K codes that occur at least once in ``indices``, a 0-dim tensor."""
+    """The fraction of the K codes that occur at least once in ``indices``, a 0-dim
+    tensor."""
     return (code_histogram(indices, n_codes) > 0).float().mean()
 
 
@@ -122,105 +157,161 @@ def codes_used(indices: torch.Tensor, n_codes: int) -> torch.Tensor:
 
 class Quantized(NamedTuple):
     """What `VectorQuantizer` returns for an encoder output z_e of shape (n, D, h, w)."""
-    z_q: torch.Tensor          # (n, D, h, w): the codes, with the straight-through gradient to z_e
-    indices: torch.Tensor      # (n, h, w) long: the chosen codes
-    codebook: torch.Tensor     # (n,): ||sg[z_e] - e||^2 per image (zero in EMA mode: no gradient)
-    commitment: torch.Tensor   # (n,): ||z_e - sg[e]||^2 per image (not yet multiplied by beta)
+
+    z_q: (
+        torch.Tensor
+    )  # (n, D, h, w): the codes, with the straight-through gradient to z_e
+    indices: torch.Tensor  # (n, h, w) long: the chosen codes
+    codebook: (
+        torch.Tensor
+    )  # (n,): ||sg[z_e] - e||^2 per image (zero in EMA mode: no gradient)
+    commitment: (
+        torch.Tensor
+    )  # (n,): ||z_e - sg[e]||^2 per image (not yet multiplied by beta)
 
 
 class VectorQuantizer(nn.Module):
-    """Replace every D-vector of a map (n, D, h, w) by its nearest of K codes (eq-vq-nearest).
+    """Replace every D-vector of a map (n, D, h, w) by its nearest of K codes
+    (eq-vq-nearest).
 
-    mode     "loss": the codebook is a parameter trained by the codebook term of (eq-vq-loss);
-             "ema":  the codebook is a buffer, updated in training mode by exponential moving
-                     averages (eq-vq-ema): counts N_k and sums m_k of the vectors assigned to
-                     code k, decay ``decay``, Laplace smoothing ``eps`` of the counts, e_k = m_k / N_k.
-                     The vectors are quantised with the codebook *before* the update.
-    restart  revive dead codes: in training mode, a running average (decay ``decay``) of how
-             many vectors of a batch choose each code is kept; before quantising a batch, every
-             code whose average is below ``restart_threshold`` is moved onto a random encoder
-             output of the batch (its statistics reset), so that it gets chosen again.
-    The initial codebook is uniform in (-1/K, 1/K), as in many VQ-VAE implementations; the EMA
-    statistics start at N_k = 1, m_k = e_k. In eval mode nothing is updated.
+    mode "loss": the codebook is a parameter trained by the codebook term of
+    (eq-vq-loss);
+             "ema": the codebook is a buffer, updated in training mode by exponential
+             moving
+                     averages (eq-vq-ema): counts N_k and sums m_k of the vectors
+                     assigned to code k, decay ``decay``, Laplace smoothing ``eps`` of
+                     the counts, e_k = m_k / N_k. The vectors are quantised with the
+                     codebook *before* the update.
+    restart revive dead codes: in training mode, a running average (decay ``decay``) of
+    how
+             many vectors of a batch choose each code is kept; before quantising a
+             batch, every code whose average is below ``restart_threshold`` is moved
+             onto a random encoder output of the batch (its statistics reset), so that
+             it gets chosen again.
+    The initial codebook is uniform in (-1/K, 1/K), as in many VQ-VAE implementations;
+    the EMA statistics start at N_k = 1, m_k = e_k. In eval mode nothing is updated.
     """
 
-    def __init__(self, n_codes: int, code_dim: int, *, mode: str = "loss", decay: float = 0.99,
-                 eps: float = 1e-5, restart: bool = False, restart_threshold: float = 1.0):
+    def __init__(
+        self,
+        n_codes: int,
+        code_dim: int,
+        *,
+        mode: str = "loss",
+        decay: float = 0.99,
+        eps: float = 1e-5,
+        restart: bool = False,
+        restart_threshold: float = 1.0,
+    ):
         super().__init__()
-        self.n_codes, self.code_dim = positive_int("n_codes", n_codes), positive_int("code_dim", code_dim)
+        self.n_codes, self.code_dim = (
+            positive_int("n_codes", n_codes),
+            positive_int("code_dim", code_dim),
+        )
         self.mode = one_of("mode", mode, ("loss", "ema"))
         if not 0 < decay < 1:
             raise ValueError(f"decay must be in (0, 1), got {decay!r}")
         if not eps > 0:
             raise ValueError(f"eps must be positive, got {eps!r}")
-        self.decay, self.eps, self.restart, self.restart_threshold = decay, eps, bool(restart), restart_threshold
+        self.decay, self.eps, self.restart, self.restart_threshold = (
+            decay,
+            eps,
+            bool(restart),
+            restart_threshold,
+        )
         init = torch.empty(n_codes, code_dim).uniform_(-1 / n_codes, 1 / n_codes)
         if mode == "loss":
             self.codebook = nn.Parameter(init)
         else:
             self.register_buffer("codebook", init)
-            self.register_buffer("ema_count", torch.ones(n_codes))      # N_k
-            self.register_buffer("ema_sum", init.clone())               # m_k
-        self.register_buffer("usage", torch.full((n_codes,), -1.0))     # running vectors per batch; -1: not measured yet
+            self.register_buffer("ema_count", torch.ones(n_codes))  # N_k
+            self.register_buffer("ema_sum", init.clone())  # m_k
+        self.register_buffer(
+            "usage", torch.full((n_codes,), -1.0)
+        )  # running vectors per batch; -1: not measured yet
 
     def extra_repr(self) -> str:
-        return (f"n_codes={self.n_codes}, code_dim={self.code_dim}, mode={self.mode!r}, "
-                f"restart={self.restart}")
+        return (
+            f"n_codes={self.n_codes}, code_dim={self.code_dim}, mode={self.mode!r}, "
+            f"restart={self.restart}"
+        )
 
     def forward(self, z_e: torch.Tensor) -> Quantized:
         float_tensor("z_e", z_e, dim=4, shape=f"(n, {self.code_dim}, h, w)")
         if z_e.shape[1] != self.code_dim:
-            raise ValueError(f"z_e must have shape (n, {self.code_dim}, h, w), got {tuple(z_e.shape)}")
+            raise ValueError(
+                f"z_e must have shape (n, {self.code_dim}, h, w), got {tuple(z_e.shape)}"
+            )
         n, D, h, w = z_e.shape
-        flat = z_e.permute(0, 2, 3, 1).reshape(-1, D)                  # (n*h*w, D)
+        flat = z_e.permute(0, 2, 3, 1).reshape(-1, D)  # (n*h*w, D)
         if self.training and self.restart:
             self.restart_dead_codes(flat.detach())
         indices = nearest_code(flat.detach(), self.codebook.detach())
-        e = self.codebook[indices]                                     # gathered: the codebook term reaches e
+        e = self.codebook[indices]  # gathered: the codebook term reaches e
         z_q = e.reshape(n, h, w, D).permute(0, 3, 1, 2)
         codebook_term, commitment = vq_loss_terms(z_e, z_q)
         if self.training:
-            self.update_statistics(flat.detach(), indices)             # after quantising (eq-vq-ema)
+            self.update_statistics(flat.detach(), indices)  # after quantising (eq-vq-ema)
         if self.mode == "ema":
             codebook_term = torch.zeros_like(commitment)
-        return Quantized(straight_through(z_e, z_q), indices.reshape(n, h, w), codebook_term, commitment)
+        return Quantized(
+            straight_through(z_e, z_q),
+            indices.reshape(n, h, w),
+            codebook_term,
+            commitment,
+        )
 
     @torch.no_grad()
     def update_statistics(self, flat: torch.Tensor, indices: torch.Tensor) -> None:
-        """The usage average, and in EMA mode the EMA step (eq-vq-ema) for vectors flat (m, D)
-        assigned to codes ``indices`` (m,):
+        """The usage average, and in EMA mode the EMA step (eq-vq-ema) for vectors flat
+        (m, D) assigned to codes ``indices`` (m,):
 
-            N_k <- gamma N_k + (1 - gamma) n_k,     m_k <- gamma m_k + (1 - gamma) sum_{i: k_i = k} z_i,
-            e_k  = m_k / N~_k,   N~_k = (N_k + eps) / (sum_j N_j + K eps) * sum_j N_j.
+            N_k <- gamma N_k + (1 - gamma) n_k, m_k <- gamma m_k + (1 - gamma) sum_{i:
+            k_i = k} z_i, e_k = m_k / N~_k, N~_k = (N_k + eps) / (sum_j N_j + K eps) *
+            sum_j N_j.
         """
-        counts = torch.zeros(self.n_codes, dtype=flat.dtype, device=flat.device).index_add_(
-            0, indices, torch.ones_like(indices, dtype=flat.dtype))                     # n_k
+        counts = torch.zeros(
+            self.n_codes, dtype=flat.dtype, device=flat.device
+        ).index_add_(0, indices, torch.ones_like(indices, dtype=flat.dtype))  # n_k
         g = self.decay
-        self.usage.copy_(torch.where(self.usage < 0, counts, g * self.usage + (1 - g) * counts))
+        self.usage.copy_(
+            torch.where(self.usage < 0, counts, g * self.usage + (1 - g) * counts)
+        )
         if self.mode == "ema":
             self.ema_count.mul_(g).add_(counts, alpha=1 - g)
-            sums = torch.zeros_like(self.ema_sum).index_add_(0, indices, flat)          # sum_{i: k_i = k} z_i
+            sums = torch.zeros_like(self.ema_sum).index_add_(
+                0, indices, flat
+            )  # sum_{i: k_i = k} z_i
             self.ema_sum.mul_(g).add_(sums, alpha=1 - g)
             total = self.ema_count.sum()
-            smoothed = (self.ema_count + self.eps) / (total + self.n_codes * self.eps) * total
+            smoothed = (
+                (self.ema_count + self.eps) / (total + self.n_codes * self.eps) * total
+            )
             self.codebook.copy_(self.ema_sum / smoothed[:, None])
 
     @torch.no_grad()
     def restart_dead_codes(self, flat: torch.Tensor) -> torch.Tensor:
-        """Move the codes whose usage average is below ``restart_threshold`` onto encoder outputs
-        drawn at random (without replacement where possible) from the batch flat (m, D). Their
-        usage is reset to the threshold (a restarted code that is not chosen is restarted again
-        at the next batch), and in EMA mode N_k = 1, m_k = e_k.
-        Returns the bool mask (K,) of restarted codes (no host synchronisation)."""
+        """Move the codes whose usage average is below ``restart_threshold`` onto
+        encoder outputs drawn at random (without replacement where possible) from the
+        batch flat (m, D). Their usage is reset to the threshold (a restarted code that
+        is not chosen is restarted again at the next batch), and in EMA mode N_k = 1,
+        m_k = e_k. Returns the bool mask (K,) of restarted codes (no host
+        synchronisation)."""
         dead = (self.usage >= 0) & (self.usage < self.restart_threshold)
         pick = torch.randperm(len(flat), device=flat.device)
         pick = pick[torch.arange(self.n_codes, device=flat.device) % len(flat)]
         new = flat[pick]
         self.codebook.data.copy_(torch.where(dead[:, None], new, self.codebook.data))
         if self.mode == "ema":
-            self.ema_count.copy_(torch.where(dead, torch.ones_like(self.ema_count), self.ema_count))
+            self.ema_count.copy_(
+                torch.where(dead, torch.ones_like(self.ema_count), self.ema_count)
+            )
             self.ema_sum.copy_(torch.where(dead[:, None], new, self.ema_sum))
-        self.usage.copy_(torch.where(dead, torch.full_like(self.usage, self.restart_threshold), self.usage))
+        self.usage.copy_(
+            torch.where(
+                dead, torch.full_like(self.usage, self.restart_threshold), self.usage
+            )
+        )
         return dead
 
 
@@ -230,15 +321,27 @@ class VectorQuantizer(nn.Module):
 
 class VQVAE(nn.Module):
     """A VQ-VAE for 8x8 images with L grey levels: encoder to a 4x4 grid of D-vectors,
-    `VectorQuantizer` with K codes, decoder to logits of a categorical over the L levels of
-    every pixel (L = 2 is a Bernoulli). ``loss(x)`` is (eq-vq-loss) averaged over the batch.
+    `VectorQuantizer` with K codes, decoder to logits of a categorical over the L levels
+    of every pixel (L = 2 is a Bernoulli). ``loss(x)`` is (eq-vq-loss) averaged over the
+    batch.
 
-    encoder  x / (L-1) -> conv3x3 -> ReLU -> conv4x4 stride 2 -> ReLU -> conv3x3 -> ReLU -> conv1x1 (D)
-    decoder  conv3x3 -> ReLU -> transposed conv4x4 stride 2 -> ReLU -> conv3x3 -> ReLU -> conv1x1 (L)
+    encoder x / (L-1) -> conv3x3 -> ReLU -> conv4x4 stride 2 -> ReLU -> conv3x3 -> ReLU
+    -> conv1x1 (D) decoder conv3x3 -> ReLU -> transposed conv4x4 stride 2 -> ReLU ->
+    conv3x3 -> ReLU -> conv1x1 (L)
     """
 
-    def __init__(self, levels: int = 17, n_codes: int = 128, code_dim: int = 8, channels: int = 32, *,
-                 beta: float = 0.25, mode: str = "ema", restart: bool = True, **quantizer):
+    def __init__(
+        self,
+        levels: int = 17,
+        n_codes: int = 128,
+        code_dim: int = 8,
+        channels: int = 32,
+        *,
+        beta: float = 0.25,
+        mode: str = "ema",
+        restart: bool = True,
+        **quantizer,
+    ):
         super().__init__()
         if positive_int("levels", levels) < 2:
             raise ValueError(f"levels must be at least 2, got {levels}")
@@ -246,12 +349,26 @@ class VQVAE(nn.Module):
         self.levels, self.beta = levels, float(beta)
         C = channels
         self.encoder = nn.Sequential(
-            nn.Conv2d(1, C, 3, padding=1), nn.ReLU(), nn.Conv2d(C, C, 4, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(C, C, 3, padding=1), nn.ReLU(), nn.Conv2d(C, code_dim, 1))
-        self.quantizer = VectorQuantizer(n_codes, code_dim, mode=mode, restart=restart, **quantizer)
+            nn.Conv2d(1, C, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(C, C, 4, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(C, C, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(C, code_dim, 1),
+        )
+        self.quantizer = VectorQuantizer(
+            n_codes, code_dim, mode=mode, restart=restart, **quantizer
+        )
         self.decoder = nn.Sequential(
-            nn.Conv2d(code_dim, C, 3, padding=1), nn.ReLU(), nn.ConvTranspose2d(C, C, 4, stride=2, padding=1),
-            nn.ReLU(), nn.Conv2d(C, C, 3, padding=1), nn.ReLU(), nn.Conv2d(C, levels, 1))
+            nn.Conv2d(code_dim, C, 3, padding=1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(C, C, 4, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(C, C, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(C, levels, 1),
+        )
 
     @property
     def n_codes(self) -> int:
@@ -269,17 +386,23 @@ class VQVAE(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """The grid of code indices of x, a long tensor (n, 4, 4) (nothing is updated)."""
-        return nearest_code(self.encode_continuous(x).permute(0, 2, 3, 1).reshape(-1, self.quantizer.code_dim),
-                            self.quantizer.codebook).reshape(len(x), 4, 4)
+        return nearest_code(
+            self.encode_continuous(x)
+            .permute(0, 2, 3, 1)
+            .reshape(-1, self.quantizer.code_dim),
+            self.quantizer.codebook,
+        ).reshape(len(x), 4, 4)
 
     def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
-        """Logits (n, L, 8, 8) of p(x | z_q) for a grid of code indices (n, 4, 4) (or (n, 1, 4, 4))."""
+        """Logits (n, L, 8, 8) of p(x | z_q) for a grid of code indices (n, 4, 4) (or
+        (n, 1, 4, 4))."""
         if indices.dim() == 4 and indices.shape[1] == 1:
             indices = indices[:, 0]
         return self.decoder(self.quantizer.codebook[indices].permute(0, 3, 1, 2))
 
     def mean(self, logits: torch.Tensor) -> torch.Tensor:
-        """The decoder's expected grey level per pixel, (n, 1, 8, 8), from logits (n, L, 8, 8)."""
+        """The decoder's expected grey level per pixel, (n, 1, 8, 8), from logits (n, L,
+        8, 8)."""
         levels = torch.arange(self.levels, device=logits.device, dtype=logits.dtype)
         return (logits.softmax(1) * levels[:, None, None]).sum(1, keepdim=True)
 
@@ -289,20 +412,26 @@ class VQVAE(nn.Module):
         return self.decoder(q.z_q), q
 
     def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """(eq-vq-loss) averaged over the batch: "loss" = "rec" + "codebook" + beta * "commitment",
-        with "rec" = -log p(x | z_q) in nats per image; also the batch's code "perplexity" and
-        fraction of codes "used" (no host synchronisation)."""
+        """(eq-vq-loss) averaged over the batch: "loss" = "rec" + "codebook" + beta *
+        "commitment", with "rec" = -log p(x | z_q) in nats per image; also the batch's
+        code "perplexity" and fraction of codes "used" (no host synchronisation)."""
         logits, q = self(x)
         rec = categorical_nll(logits, x).mean()
         codebook, commitment = q.codebook.mean(), q.commitment.mean()
-        return {"loss": rec + codebook + self.beta * commitment, "rec": rec.detach(),
-                "codebook": codebook.detach(), "commitment": commitment.detach(),
-                "perplexity": code_perplexity(q.indices, self.n_codes), "used": codes_used(q.indices, self.n_codes)}
+        return {
+            "loss": rec + codebook + self.beta * commitment,
+            "rec": rec.detach(),
+            "codebook": codebook.detach(),
+            "commitment": commitment.detach(),
+            "perplexity": code_perplexity(q.indices, self.n_codes),
+            "used": codes_used(q.indices, self.n_codes),
+        }
 
     @torch.no_grad()
     def sample(self, n: int, prior, *, seed: int | None = None) -> torch.Tensor:
-        """n new images (n, 1, 8, 8), the decoder's mean grey levels, for grids of codes drawn from
-        the ``prior`` (a `lib.pixelcnn` model with K levels over 4x4 grids); (eq-vq-generate)."""
+        """n new images (n, 1, 8, 8), the decoder's mean grey levels, for grids of codes
+        drawn from the ``prior`` (a `lib.pixelcnn` model with K levels over 4x4 grids);
+        (eq-vq-generate)."""
         codes = prior.sample(n, (4, 4), seed=seed)
         return self.mean(self.decode_indices(codes))
 
@@ -310,14 +439,19 @@ class VQVAE(nn.Module):
 @torch.no_grad()
 def evaluate(model: VQVAE, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """Quality of a VQ-VAE on images x (n, 1, 8, 8), in eval mode (no codebook updates):
-    "rec" -log p(x | z_q) in nats per image, "mse" squared error of the decoder's mean in grey
-    levels^2 per pixel, "perplexity" and fraction of codes "used" over all of x, "codes" (n, 4, 4)."""
+    "rec" -log p(x | z_q) in nats per image, "mse" squared error of the decoder's mean
+    in grey levels^2 per pixel, "perplexity" and fraction of codes "used" over all of x,
+    "codes" (n, 4, 4)."""
     was_training = model.training
     model.eval()
     logits, q = model(x)
-    result = {"rec": categorical_nll(logits, x).mean(), "mse": (model.mean(logits) - x).pow(2).mean(),
-              "perplexity": code_perplexity(q.indices, model.n_codes), "used": codes_used(q.indices, model.n_codes),
-              "codes": q.indices}
+    result = {
+        "rec": categorical_nll(logits, x).mean(),
+        "mse": (model.mean(logits) - x).pow(2).mean(),
+        "perplexity": code_perplexity(q.indices, model.n_codes),
+        "used": codes_used(q.indices, model.n_codes),
+        "codes": q.indices,
+    }
     model.train(was_training)
     return result
 
@@ -327,17 +461,34 @@ def evaluate(model: VQVAE, x: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 CONFIGS = {
-    # name: VQVAE arguments. All: 17 grey levels, K = 128 codes of dimension 8 on a 4x4 grid.
+    # name: VQVAE arguments. All: 17 grey levels, K = 128 codes of dimension 8 on a 4x4
+    # grid.
     "ema-restart": dict(n_codes=128, mode="ema", restart=True),
     "ema": dict(n_codes=128, mode="ema", restart=False),
     "loss-restart": dict(n_codes=128, mode="loss", restart=True),
     "loss": dict(n_codes=128, mode="loss", restart=False),
 }
 RECIPE = dict(steps=1200, lr=1e-3, batch_size=100)
-PRIOR = dict(channels=32, layers=4, kernel_size=3, dropout=0.3, steps=600, lr=3e-3, batch_size=100, weight_decay=1e-4)
+PRIOR = dict(
+    channels=32,
+    layers=4,
+    kernel_size=3,
+    dropout=0.3,
+    steps=600,
+    lr=3e-3,
+    batch_size=100,
+    weight_decay=1e-4,
+)
 
 
-def train_vqvae(name: str = "ema-restart", *, steps: int | None = None, seed: int = 0, device=None, progress=None):
+def train_vqvae(
+    name: str = "ema-restart",
+    *,
+    steps: int | None = None,
+    seed: int = 0,
+    device=None,
+    progress=None,
+):
     """Train one of the book's VQ-VAEs on the training digits with `lib.train.fit` (Adam).
 
     Returns ``(model, history)``: the per-step terms of `VQVAE.loss` ("rec", "perplexity",
@@ -348,32 +499,68 @@ def train_vqvae(name: str = "ema-restart", *, steps: int | None = None, seed: in
     seed_everything(seed)
     x, _ = digits("train", device=device)
     model = VQVAE(**CONFIGS[name]).to(x.device)
-    history = fit(model, x, steps=RECIPE["steps"] if steps is None else steps, lr=RECIPE["lr"],
-                  batch_size=RECIPE["batch_size"], seed=seed, progress=progress, desc=f"vq-vae {name}")
+    history = fit(
+        model,
+        x,
+        steps=RECIPE["steps"] if steps is None else steps,
+        lr=RECIPE["lr"],
+        batch_size=RECIPE["batch_size"],
+        seed=seed,
+        progress=progress,
+        desc=f"vq-vae {name}",
+    )
     return model, history
 
 
 def make_prior(n_codes: int):
-    """The unconditional `lib.pixelcnn.GatedPixelCNN` with K = ``n_codes`` levels used as the prior."""
+    """The unconditional `lib.pixelcnn.GatedPixelCNN` with K = ``n_codes`` levels used
+    as the prior."""
 
-    return GatedPixelCNN(n_codes, PRIOR["channels"], PRIOR["layers"], kernel_size=PRIOR["kernel_size"],
-                         dropout=PRIOR["dropout"])
+    return GatedPixelCNN(
+        n_codes,
+        PRIOR["channels"],
+        PRIOR["layers"],
+        kernel_size=PRIOR["kernel_size"],
+        dropout=PRIOR["dropout"],
+    )
 
 
-def train_prior(codes: torch.Tensor, val_codes: torch.Tensor, n_codes: int, *, steps: int | None = None,
-                seed: int = 0, eval_every: int = 50, progress=None):
-    """Fit the PixelCNN prior to grids of code indices (n, 4, 4) by maximum likelihood (eq-vq-prior).
+def train_prior(
+    codes: torch.Tensor,
+    val_codes: torch.Tensor,
+    n_codes: int,
+    *,
+    steps: int | None = None,
+    seed: int = 0,
+    eval_every: int = 50,
+    progress=None,
+):
+    """Fit the PixelCNN prior to grids of code indices (n, 4, 4) by maximum likelihood
+    (eq-vq-prior).
 
-    AdamW with a cosine decay, through `lib.train.fit_early_stopping`: the weights with the best
-    validation NLL are kept. Returns ``(prior, history)``; history has, per round of
-    ``eval_every`` steps, "step", "train" and "val" (nats per grid).
+    AdamW with a cosine decay, through `lib.train.fit_early_stopping`: the weights with
+    the best validation NLL are kept. Returns ``(prior, history)``; history has, per
+    round of ``eval_every`` steps, "step", "train" and "val" (nats per grid).
     """
     seed_everything(seed)
     prior = make_prior(n_codes).to(codes.device)
-    optimizer = torch.optim.AdamW(prior.parameters(), lr=PRIOR["lr"], weight_decay=PRIOR["weight_decay"])
-    history = fit_early_stopping(prior, (codes,), (val_codes,), nll, steps=PRIOR["steps"] if steps is None else steps,
-                                 every=eval_every, batch_size=PRIOR["batch_size"], optimizer=optimizer,
-                                 schedule="cosine", seed=seed, progress=progress, desc="prior")
+    optimizer = torch.optim.AdamW(
+        prior.parameters(), lr=PRIOR["lr"], weight_decay=PRIOR["weight_decay"]
+    )
+    history = fit_early_stopping(
+        prior,
+        (codes,),
+        (val_codes,),
+        nll,
+        steps=PRIOR["steps"] if steps is None else steps,
+        every=eval_every,
+        batch_size=PRIOR["batch_size"],
+        optimizer=optimizer,
+        schedule="cosine",
+        seed=seed,
+        progress=progress,
+        desc="prior",
+    )
     return prior, history
 
 
@@ -382,44 +569,55 @@ def _path(name: str) -> Path:
 
 
 def _half(state: dict) -> dict:
-    return {k: (v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu()) for k, v in state.items()}
+    return {
+        k: (v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu())
+        for k, v in state.items()
+    }
 
 
 def retrain(names=None, *, progress=None) -> None:
-    """Train the named VQ-VAEs (default: all of CONFIGS) and, with "ema-restart", its PixelCNN
-    prior; write lib/checkpoints/07-vq-<name>.pt (float16 weights, float32 histories)."""
+    """Train the named VQ-VAEs (default: all of CONFIGS) and, with "ema-restart", its
+    PixelCNN prior; write lib/checkpoints/07-vq-<name>.pt (float16 weights, float32
+    histories)."""
 
     names = list(CONFIGS) if not names else list(names)
     CHECKPOINTS.mkdir(parents=True, exist_ok=True)
     for name in names:
         model, history = train_vqvae(name, progress=progress)
-        stored = {"model": _half(model.state_dict()),
-                  "history": {k: v.float() for k, v in history.items()}}
+        stored = {
+            "model": _half(model.state_dict()),
+            "history": {k: v.float() for k, v in history.items()},
+        }
         if name == "ema-restart":
             codes = model.encode(digits("train")[0])
             val_codes = model.encode(digits("val")[0])
-            prior, prior_history = train_prior(codes, val_codes, model.n_codes, progress=progress)
+            prior, prior_history = train_prior(
+                codes, val_codes, model.n_codes, progress=progress
+            )
             stored["prior"] = _half(prior.state_dict())
             stored["prior_history"] = prior_history
         torch.save(stored, _path(name))
 
 
 def pretrained(name: str = "ema-restart", *, device=None):
-    """The book's trained VQ-VAE ``name`` (one of CONFIGS), in eval mode, with its training
-    history: ``(model, history)``. Loads lib/checkpoints/07-vq-<name>.pt (``weights_only=True``);
-    regenerate with ``python -m lib.vq --retrain``."""
+    """The book's trained VQ-VAE ``name`` (one of CONFIGS), in eval mode, with its
+    training history: ``(model, history)``. Loads lib/checkpoints/07-vq-<name>.pt
+    (``weights_only=True``); regenerate with ``python -m lib.vq --retrain``."""
     one_of("name", name, CONFIGS)
     path = _path(name)
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: run `python -m lib.vq --retrain`")
     stored = torch.load(path, map_location="cpu", weights_only=True)
     model = VQVAE(**CONFIGS[name])
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in stored["model"].items()})
+    model.load_state_dict(
+        {k: v.float() if v.is_floating_point() else v for k, v in stored["model"].items()}
+    )
     return model.to(device).eval(), stored["history"]
 
 
 def pretrained_prior(*, device=None):
-    """The PixelCNN prior over the 4x4 code grids of the "ema-restart" VQ-VAE: ``(prior, history)``."""
+    """The PixelCNN prior over the 4x4 code grids of the "ema-restart" VQ-VAE: ``(prior,
+    history)``."""
     stored = torch.load(_path("ema-restart"), map_location="cpu", weights_only=True)
     prior = make_prior(stored["prior"]["embedding.weight"].shape[0])
     prior.load_state_dict({k: v.float() for k, v in stored["prior"].items()})
@@ -427,7 +625,8 @@ def pretrained_prior(*, device=None):
 
 
 def _retrain_and_report(names) -> None:
-    """Train the named VQ-VAEs (and, with "ema-restart", the prior), save them, print test numbers."""
+    """Train the named VQ-VAEs (and, with "ema-restart", the prior), save them, print
+    test numbers."""
 
     x_test, _ = digits("test")
     for name in names:
@@ -435,8 +634,11 @@ def _retrain_and_report(names) -> None:
         retrain([name])
         model, _ = pretrained(name)
         result = evaluate(model, x_test)
-        line = (f"{name}: test rec {result['rec']:.2f} nats/image, mse {result['mse']:.3f}, perplexity "
-                f"{result['perplexity']:.1f}, used {result['used']:.2f}")
+        line = (
+            f"{name}: test rec {result['rec']:.2f} nats/image, mse "
+            f"{result['mse']:.3f}, perplexity "
+            f"{result['perplexity']:.1f}, used {result['used']:.2f}"
+        )
         if name == "ema-restart":
             prior, _ = pretrained_prior()
             line += f", prior test NLL {nll(prior, result['codes']):.2f} nats/grid"
@@ -444,6 +646,9 @@ def _retrain_and_report(names) -> None:
 
 
 if __name__ == "__main__":
-
-    retrain_main("Train the book's VQ-VAEs (and the PixelCNN prior) into lib/checkpoints/07-vq-*.pt", CONFIGS,
-                 _retrain_and_report)
+    retrain_main(
+        "Train the book's VQ-VAEs (and the PixelCNN prior) into "
+        "lib/checkpoints/07-vq-*.pt",
+        CONFIGS,
+        _retrain_and_report,
+    )

@@ -1,10 +1,13 @@
-"""Autograding a class that hands in broken and hostile work (course.autograde, course.sandbox).
+"""Autograding a class that hands in broken and hostile work (course.autograde,
+course.sandbox).
 
-A temporary course with one small assignment ("probe": two tasks, 2 points each) is graded with
-submissions written here: hostile code runs before the first task's function is defined, so
-that task scores 0 and the second one must still be graded. Limits are shortened in the course's
-nbgrader_config.py so the whole class grades in about a minute.
+A temporary course with one small assignment ("probe": two tasks, 2 points each) is
+graded with submissions written here: hostile code runs before the first task's function
+is defined, so that task scores 0 and the second one must still be graded. Limits are
+shortened in the course's nbgrader_config.py so the whole class grades in about a
+minute.
 """
+
 import os
 import shutil
 import signal
@@ -27,8 +30,14 @@ pytestmark = pytest.mark.slow
 
 def _cell(kind, grade_id, source, *, grade=False, solution=False, points=None):
     cell = (new_code_cell if kind == "code" else new_markdown_cell)(source)
-    meta = {"grade": grade, "grade_id": grade_id, "locked": not solution, "schema_version": 3,
-            "solution": solution, "task": False}
+    meta = {
+        "grade": grade,
+        "grade_id": grade_id,
+        "locked": not solution,
+        "schema_version": 3,
+        "solution": solution,
+        "task": False,
+    }
     if points:
         meta["points"] = points
     cell.metadata["nbgrader"] = meta
@@ -40,43 +49,95 @@ def probe_source():
     cells = [
         _cell("markdown", "intro", "# Probe\nTwo tasks."),
         _cell("code", "setup", "import math"),
-        _cell("code", "add", "def add(a, b):\n    ### BEGIN SOLUTION\n    return a + b\n    ### END SOLUTION",
-              solution=True),
-        _cell("code", "test_add", "assert add(1, 2) == 3\n### BEGIN HIDDEN TESTS\nassert add(20, 22) == 42\n"
-              "### END HIDDEN TESTS", grade=True, points=2),
-        _cell("code", "square", "def square(x):\n    ### BEGIN SOLUTION\n    return x * x\n    ### END SOLUTION",
-              solution=True),
-        _cell("code", "test_square", "assert square(3) == 9\n### BEGIN HIDDEN TESTS\nassert square(-7) == 49\n"
-              "### END HIDDEN TESTS", grade=True, points=2),
+        _cell(
+            "code",
+            "add",
+            "def add(a, b):\n    ### BEGIN SOLUTION\n    return a + b\n    ### END "
+            "SOLUTION",
+            solution=True,
+        ),
+        _cell(
+            "code",
+            "test_add",
+            "assert add(1, 2) == 3\n### BEGIN HIDDEN TESTS\nassert add(20, 22) == 42\n"
+            "### END HIDDEN TESTS",
+            grade=True,
+            points=2,
+        ),
+        _cell(
+            "code",
+            "square",
+            "def square(x):\n    ### BEGIN SOLUTION\n    return x * x\n    ### END "
+            "SOLUTION",
+            solution=True,
+        ),
+        _cell(
+            "code",
+            "test_square",
+            "assert square(3) == 9\n### BEGIN HIDDEN TESTS\nassert square(-7) == 49\n"
+            "### END HIDDEN TESTS",
+            grade=True,
+            points=2,
+        ),
     ]
-    return new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                                              "language": "python"}})
+    return new_notebook(
+        cells=cells,
+        metadata={
+            "kernelspec": {
+                "name": "python3",
+                "display_name": "Python 3",
+                "language": "python",
+            }
+        },
+    )
 
 
 RIGHT_ADD = "def add(a, b):\n    return a + b"
 RIGHT_SQUARE = "def square(x):\n    return x * x"
-# Run before `add` is defined: `add` is then missing, so test_add scores 0 and test_square 2.
+# Run before `add` is defined: `add` is then missing, so test_add scores 0 and
+# test_square 2.
 HOSTILE = {
     "sleeper": ("import time\ntime.sleep(10**6)", "CellTimeoutError"),
     "looper": ("while True:\n    pass", "CellTimeoutError"),
-    "stubborn": ("while True:\n    try:\n        while True:\n            pass\n    except BaseException:\n        pass",
-                 "CellTimeoutError"),
+    "stubborn": (
+        "while True:\n    try:\n        while True:\n            pass\n    except "
+        "BaseException:\n        pass",
+        "CellTimeoutError",
+    ),
     "hog": ("x = bytearray(40 * 2**30)", "MemoryError"),
-    "forker": ("import os\nwhile True:\n    os.fork()", "DeadKernelError|CellTimeoutError"),  # forks may deadlock
-    "writer": ("with open('big.bin', 'wb') as f:\n    while True:\n        f.write(b'x' * 2**20)", "OSError"),
+    "forker": (
+        "import os\nwhile True:\n    os.fork()",
+        "DeadKernelError|CellTimeoutError",
+    ),  # forks may deadlock
+    "writer": (
+        "with open('big.bin', 'wb') as f:\n    while True:\n        f.write(b'x' * "
+        "2**20)",
+        "OSError",
+    ),
     "exiter": ("import os\nos._exit(3)", "DeadKernelError"),
     "crasher": ("import ctypes\nctypes.string_at(0)", "DeadKernelError"),
     "asker": ("name = input('your name? ')", "StdinNotImplementedError"),
 }
 
 
-# A function whose result cannot come back to the grader: 0 for its cell, with a message that
-# says what happened (the grader's process never unpickles or runs anything of the student's).
+# A function whose result cannot come back to the grader: 0 for its cell, with a message
+# that
+# says what happened (the grader's process never unpickles or runs anything of the
+# student's).
 UNGRADABLE = {
-    "opaque": ("def add(a, b):\n    return object()", "an object of type builtins.object"),
-    "subclass": ("import torch\nclass Sly(torch.Tensor):\n    pass\n"
-                 "def add(a, b):\n    return torch.tensor(a + b).as_subclass(Sly)", "a tensor subclass (Sly)"),
-    "huge": ("import torch\ndef add(a, b):\n    return torch.zeros(30_000_000)", "tensors of more than 100 MB"),
+    "opaque": (
+        "def add(a, b):\n    return object()",
+        "an object of type builtins.object",
+    ),
+    "subclass": (
+        "import torch\nclass Sly(torch.Tensor):\n    pass\n"
+        "def add(a, b):\n    return torch.tensor(a + b).as_subclass(Sly)",
+        "a tensor subclass (Sly)",
+    ),
+    "huge": (
+        "import torch\ndef add(a, b):\n    return torch.zeros(30_000_000)",
+        "tensors of more than 100 MB",
+    ),
     "generator": ("def add(a, b):\n    yield a + b", "a generator object"),
     "endless": ("def add(a, b):\n    while True:\n        pass", "did not return within"),
 }
@@ -103,11 +164,15 @@ def probe_course(tmp_path_factory):
     (root / "solutions" / A).mkdir(parents=True)
     nbformat.write(probe_source(), root / "solutions" / A / f"{A}.ipynb")
     config = (ROOT / "nbgrader_config.py").read_text()
-    # Short limits keep the hostile probes quick. The cell limit leaves a margin for a cell graded
-    # while the fork bomb in the other worker (--jobs 2) holds both CPU cores: at 5 s, the "hog"
+    # Short limits keep the hostile probes quick. The cell limit leaves a margin for a
+    # cell graded
+    # while the fork bomb in the other worker (--jobs 2) holds both CPU cores: at 5 s,
+    # the "hog"
     # probe once timed out in CI before its MemoryError.
-    (root / "nbgrader_config.py").write_text(config + "\nc.Execute.timeout = 10\nc.GradingExecute.notebook_timeout = 60\n"
-                                             "c.Execute.iopub_timeout = 4\n")
+    (root / "nbgrader_config.py").write_text(
+        config + "\nc.Execute.timeout = 10\nc.GradingExecute.notebook_timeout = 60\n"
+        "c.Execute.iopub_timeout = 4\n"
+    )
     run(root, "release")
     return root
 
@@ -136,16 +201,18 @@ def edit_test(nb, source=None, points=None, delete=False):
 
 
 def processes_in(folder: Path) -> list[int]:
-    """Live processes of this course's grading: their working directory, or an ancestor's, is
-    inside ``folder`` (nbgrader, the kernel supervisor) or is one of the course's private kernel
-    folders (``course.sandbox``)."""
+    """Live processes of this course's grading: their working directory, or an
+    ancestor's, is inside ``folder`` (nbgrader, the kernel supervisor) or is one of the
+    course's private kernel folders (``course.sandbox``)."""
     prefix = sandbox.private_prefix(folder)
     parents, ours = {}, set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 cwd = Path(os.readlink(entry / "cwd"))
-                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                parents[int(entry.name)] = int(
+                    (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
+                )
             except (OSError, IndexError, ValueError):
                 continue
             if cwd.is_relative_to(folder) or cwd.name.startswith(prefix):
@@ -166,17 +233,36 @@ def graded_class(probe_course):
     root = probe_course
     wrong = "def add(a, b):\n    return a - b"
     hand_in(root, "honest", answers_notebook(root), extra="notes.csv")
-    hand_in(root, "blank", answers_notebook(root, add="# YOUR CODE HERE\nraise NotImplementedError()",
-                                            square="# YOUR CODE HERE\nraise NotImplementedError()"))
+    hand_in(
+        root,
+        "blank",
+        answers_notebook(
+            root,
+            add="# YOUR CODE HERE\nraise NotImplementedError()",
+            square="# YOUR CODE HERE\nraise NotImplementedError()",
+        ),
+    )
     for student, (code, _) in HOSTILE.items():
         hand_in(root, student, answers_notebook(root, add=code + "\n" + RIGHT_ADD))
     for student, (code, _) in UNGRADABLE.items():
         hand_in(root, student, answers_notebook(root, add=code))
-    hand_in(root, "flooder", answers_notebook(root, add="print(('x' * 99 + '\\n') * 100_000)\n" + RIGHT_ADD))
+    hand_in(
+        root,
+        "flooder",
+        answers_notebook(root, add="print(('x' * 99 + '\\n') * 100_000)\n" + RIGHT_ADD),
+    )
     hand_in(root, "untester", edit_test(answers_notebook(root, add=wrong), delete=True))
-    hand_in(root, "retester", edit_test(answers_notebook(root, add=wrong), source="pass", points=100))
+    hand_in(
+        root,
+        "retester",
+        edit_test(answers_notebook(root, add=wrong), source="pass", points=100),
+    )
     hand_in(root, "corrupt", raw='{"cells": [')
-    hand_in(root, "ancient", raw='{"nbformat": 3, "nbformat_minor": 0, "worksheets": [], "metadata": {}}')
+    hand_in(
+        root,
+        "ancient",
+        raw='{"nbformat": 3, "nbformat_minor": 0, "worksheets": [], "metadata": {}}',
+    )
     hand_in(root, "renamer", answers_notebook(root), name="my-probe.ipynb")
     (root / "submitted" / "empty" / A).mkdir(parents=True)
     before = {p: p.read_bytes() for p in (root / "submitted").rglob("*") if p.is_file()}
@@ -204,7 +290,9 @@ def test_honest_and_blank_work_is_graded_as_usual(graded_class):
 def test_hostile_code_costs_only_its_own_cell(graded_class, student):
     root, rows = graded_class
     assert scores(root, student) == {"test_add": 0, "test_square": 2}, rows[student]
-    assert any(f"add: {error}" in rows[student] for error in HOSTILE[student][1].split("|")), rows[student]
+    assert any(
+        f"add: {error}" in rows[student] for error in HOSTILE[student][1].split("|")
+    ), rows[student]
 
 
 def test_nothing_a_submission_started_is_left_running(graded_class):
@@ -214,12 +302,19 @@ def test_nothing_a_submission_started_is_left_running(graded_class):
 
 
 @pytest.mark.parametrize("student", sorted(UNGRADABLE))
-def test_a_result_that_cannot_come_back_scores_zero_with_the_reason(graded_class, student):
+def test_a_result_that_cannot_come_back_scores_zero_with_the_reason(
+    graded_class, student
+):
     root, rows = graded_class
     assert scores(root, student) == {"test_add": 0, "test_square": 2}, rows[student]
     nb = nbformat.read(root / "autograded" / student / A / f"{A}.ipynb", as_version=4)
-    errors = [o for c in nb.cells if c.metadata["nbgrader"]["grade_id"] == "test_add" for o in c.outputs
-              if o.output_type == "error"]
+    errors = [
+        o
+        for c in nb.cells
+        if c.metadata["nbgrader"]["grade_id"] == "test_add"
+        for o in c.outputs
+        if o.output_type == "error"
+    ]
     assert errors and UNGRADABLE[student][1] in errors[0].evalue, errors
 
 
@@ -228,7 +323,10 @@ def test_big_outputs_and_files_are_cut(graded_class):
     assert scores(root, "flooder") == {"test_add": 2, "test_square": 2}
     flooded = root / "autograded" / "flooder" / A / f"{A}.ipynb"
     assert flooded.stat().st_size < 100_000, "10 MB of output are cut to a readable size"
-    assert "characters cut" in flooded.read_text() or "lines truncated" in flooded.read_text()
+    assert (
+        "characters cut" in flooded.read_text()
+        or "lines truncated" in flooded.read_text()
+    )
     written = root / "autograded" / "writer" / A / "big.bin"
     assert not written.exists() or written.stat().st_size <= 64 * 2**20
 
@@ -237,21 +335,31 @@ def test_deleted_or_edited_tests_are_restored(graded_class):
     root, rows = graded_class
     for student in ("untester", "retester"):
         assert scores(root, student) == {"test_add": 0, "test_square": 2}, rows[student]
-        assert "2/4" in rows[student], "points come from the gradebook, not from the submission"
+        assert "2/4" in rows[student], (
+            "points come from the gradebook, not from the submission"
+        )
 
 
 def test_unreadable_missing_and_renamed_notebooks_score_zero_with_a_reason(graded_class):
     root, rows = graded_class
-    assert "0/4" in rows["corrupt"] and f"{A}.ipynb is not a valid notebook" in rows["corrupt"]
+    assert (
+        "0/4" in rows["corrupt"]
+        and f"{A}.ipynb is not a valid notebook" in rows["corrupt"]
+    )
     assert "0/4" in rows["ancient"] and "nbformat 3, expected 4" in rows["ancient"]
-    assert "0/4" in rows["renamer"] and f"missing {A}.ipynb (found: my-probe.ipynb)" in rows["renamer"]
+    assert (
+        "0/4" in rows["renamer"]
+        and f"missing {A}.ipynb (found: my-probe.ipynb)" in rows["renamer"]
+    )
     assert "0/4" in rows["empty"] and "no notebooks" in rows["empty"]
 
 
 def test_a_second_run_grades_only_what_changed(graded_class):
     root, rows = graded_class
     shutil.rmtree(root / "submitted" / "blank")
-    hand_in(root, "blank", answers_notebook(root))  # the student hands in again, now complete
+    hand_in(
+        root, "blank", answers_notebook(root)
+    )  # the student hands in again, now complete
     done = run(root, "autograde")
     again = {line.split()[0]: line for line in done.stdout.splitlines()[1:]}
     assert "unchanged, graded before" in again["honest"] and "4/4" in again["honest"]
@@ -268,13 +376,25 @@ def test_a_concurrent_run_is_refused(graded_class):
     assert done.returncode != 0 and "another autograde is running" in done.stderr
 
 
-def test_an_interrupted_run_keeps_the_gradebook_consistent_and_resumes(probe_course, tmp_path):
+def test_an_interrupted_run_keeps_the_gradebook_consistent_and_resumes(
+    probe_course, tmp_path
+):
     root = tmp_path / "course"
-    shutil.copytree(probe_course, root, ignore=shutil.ignore_patterns("submitted", "autograded", ".autograde"))
+    shutil.copytree(
+        probe_course,
+        root,
+        ignore=shutil.ignore_patterns("submitted", "autograded", ".autograde"),
+    )
     for i in range(4):
         hand_in(root, f"s{i}", answers_notebook(root))
-    process = course_command(root, "autograde", popen=True, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = course_command(
+        root,
+        "autograde",
+        popen=True,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     records = root / ".autograde" / "graded"
     deadline = time.monotonic() + 300
     while not list(records.rglob("*.sha256")) and time.monotonic() < deadline:
@@ -293,15 +413,31 @@ def test_an_interrupted_run_keeps_the_gradebook_consistent_and_resumes(probe_cou
 
 
 def test_nbgrader_run_directly_takes_the_same_hardened_path(probe_course):
-    """`nbgrader autograde` without `make autograde` (or the formgrader's button) reads the same
-    nbgrader_config.py: the test cells still run outside the student's kernel."""
+    """`nbgrader autograde` without `make autograde` (or the formgrader's button) reads
+    the same nbgrader_config.py: the test cells still run outside the student's
+    kernel."""
     root = probe_course
-    silencer = ("get_ipython().input_transformers_post.append(\n"
-                "    lambda lines: ['pass\\n'] if any('assert' in line for line in lines) else lines)\n"
-                "def add(a, b):\n    return 0")
+    silencer = (
+        "get_ipython().input_transformers_post.append(\n"
+        "    lambda lines: ['pass\\n'] if any('assert' in line for line in lines) else "
+        "lines)\n"
+        "def add(a, b):\n    return 0"
+    )
     hand_in(root, "direct", answers_notebook(root, add=silencer))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([str(Path(sys.executable).parent / "nbgrader"), "autograde", A, "--student", "direct"],
-                          cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "nbgrader"),
+            "autograde",
+            A,
+            "--student",
+            "direct",
+        ],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert scores(root, "direct") == {"test_add": 0, "test_square": 2}

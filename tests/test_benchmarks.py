@@ -1,11 +1,14 @@
 """The benchmark scripts' shared pieces (the timings themselves are never asserted)."""
+
 import torch
 
 from benchmarks import results
 from benchmarks.throughput import read_idx
 
 
-def test_write_section_replaces_its_own_section_and_keeps_the_others(tmp_path, monkeypatch):
+def test_write_section_replaces_its_own_section_and_keeps_the_others(
+    tmp_path, monkeypatch
+):
     monkeypatch.setattr(results, "RESULTS", tmp_path / "RESULTS.md")
     results.write_section("A", ["first"])
     results.write_section("B", ["second"])
@@ -17,13 +20,22 @@ def test_write_section_replaces_its_own_section_and_keeps_the_others(tmp_path, m
 
 
 def test_table_formats_numbers():
-    assert results.table(["x", "y"], [["a", 1234.5678]]) == ["| x | y |", "|---|---|", "| a | 1.23e+03 |"]
+    assert results.table(["x", "y"], [["a", 1234.5678]]) == [
+        "| x | y |",
+        "|---|---|",
+        "| a | 1.23e+03 |",
+    ]
 
 
 def test_read_idx_reads_mnist_images(tmp_path):
     pixels = torch.arange(2 * 3 * 4, dtype=torch.uint8)
     path = tmp_path / "images-idx3-ubyte"
-    path.write_bytes(b"\x00\x00\x08\x03" + (2).to_bytes(4, "big") + (3).to_bytes(4, "big") + (4).to_bytes(4, "big")
-                     + bytes(pixels.tolist()))
+    path.write_bytes(
+        b"\x00\x00\x08\x03"
+        + (2).to_bytes(4, "big")
+        + (3).to_bytes(4, "big")
+        + (4).to_bytes(4, "big")
+        + bytes(pixels.tolist())
+    )
     x = read_idx(path)
     assert x.shape == (2, 1, 3, 4) and torch.allclose(x.flatten(), pixels.float() / 255)

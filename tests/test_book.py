@@ -1,20 +1,29 @@
-"""The built book (``make test`` builds it first with -W): every toc page rendered, chapter pages
-executed, and no solution code or hidden test anywhere in the HTML."""
+"""The built book (``make test`` builds it first with -W): every toc page rendered,
+chapter pages executed, and no solution code or hidden test anywhere in the HTML."""
+
 import re
 
 import pytest
 
-from tests.course_helpers import ROOT, assignments, release, secret_lines, toc_files, visible_text
+from tests.course_helpers import (
+    ROOT,
+    assignments,
+    release,
+    secret_lines,
+    toc_files,
+    visible_text,
+)
 
 HTML = ROOT / "_build" / "html"
-
-
 
 
 @pytest.fixture(scope="module")
 def pages():
     if not (HTML / "index.html").exists():
-        pytest.fail("_build/html is missing: `make test` builds the book first (or run `make book`)")
+        pytest.fail(
+            "_build/html is missing: `make test` builds the book first (or run `make "
+            "book`)"
+        )
     return {f: (HTML / f"{f}.html").read_text() for f in toc_files()}
 
 
@@ -32,7 +41,9 @@ def test_every_chapter_and_exercise_is_listed_in_the_toc():
 def test_chapter_pages_were_executed(pages):
     for name, page in pages.items():
         if re.match(r"book/\d\d-", name):
-            assert "cell_output" in page and "<img" in page, f"{name} shows no executed output or figure"
+            assert "cell_output" in page and "<img" in page, (
+                f"{name} shows no executed output or figure"
+            )
             assert "Traceback" not in visible_text(page), f"{name} shows an error"
 
 
@@ -43,10 +54,13 @@ def test_exercise_pages_show_the_student_version(pages):
 
 
 def test_no_solutions_or_hidden_tests_in_the_html():
-    # a hidden line of one assignment that another one's release prints anyway (a common oracle,
+    # a hidden line of one assignment that another one's release prints anyway (a common
+    # oracle,
     # `x_val = digits(...)`) gives nothing away
     released = "\n".join(c.source for a in assignments() for c in release(a).cells)
-    secrets = {line: a for a in assignments() for line in secret_lines(a) if line not in released}
+    secrets = {
+        line: a for a in assignments() for line in secret_lines(a) if line not in released
+    }
     for path in list(HTML.rglob("*.html")) + list((HTML / "_sources").rglob("*")):
         if path.is_file() and path.suffix in (".html", ".ipynb", ".md", ".txt"):
             text = visible_text(path.read_text(errors="ignore"))

@@ -1,4 +1,5 @@
 """lib.device, lib.data, lib.train and lib.plot."""
+
 import math
 
 import matplotlib.pyplot as plt
@@ -7,11 +8,19 @@ import torch
 
 from lib.data import digits, toy2d, toy2d_modes
 from lib.device import default_device, seed_everything
-from lib.plot import curves, density_2d, image_grid, latent_manifold, results_table, scatter_2d
+from lib.plot import (
+    curves,
+    density_2d,
+    image_grid,
+    latent_manifold,
+    results_table,
+    scatter_2d,
+)
 from lib.train import fit, fit_early_stopping, minimise
 
 
 # ---------------------------------------------------------------------------- device
+
 
 def test_default_device_honours_the_environment(monkeypatch):
     monkeypatch.setenv("DGM_DEVICE", "cpu")
@@ -31,15 +40,23 @@ def test_seed_everything_repeats_random_numbers():
 
 # ---------------------------------------------------------------------------- data
 
+
 def test_digits_split_is_fixed_and_disjoint():
     parts = {s: digits(s) for s in ("train", "val", "test")}
     assert [len(parts[s][0]) for s in parts] == [1000, 350, 447]
     x_train, _ = parts["train"]
     assert x_train.shape[1:] == (1, 8, 8) and x_train.dtype == torch.float32
-    assert x_train.min() == 0 and x_train.max() == 16 and torch.equal(x_train, x_train.round())
+    assert (
+        x_train.min() == 0
+        and x_train.max() == 16
+        and torch.equal(x_train, x_train.round())
+    )
     from sklearn.datasets import load_digits
+
     raw = torch.as_tensor(load_digits().images, dtype=torch.float32)
-    assert torch.cat([parts[s][0][:, 0] for s in parts]).sum() == raw.sum()  # a permutation of all 1797
+    assert (
+        torch.cat([parts[s][0][:, 0] for s in parts]).sum() == raw.sum()
+    )  # a permutation of all 1797
     assert torch.equal(digits("test")[0], parts["test"][0])  # the same split every call
 
 
@@ -74,6 +91,7 @@ def test_other_toy_sets():
 
 # ---------------------------------------------------------------------------- train
 
+
 class Linear(torch.nn.Module):
     def __init__(self):
         super().__init__()
@@ -95,7 +113,9 @@ def test_fit_learns_and_records_every_term():
     history = fit(model, *regression_data(), steps=600, batch_size=50, lr=0.05)
     assert set(history) == {"loss", "max_residual"} and history["loss"].shape == (600,)
     assert history["loss"][-20:].mean() < 1e-3 * history["loss"][:5].mean()
-    torch.testing.assert_close(model.w.detach(), torch.tensor([1.0, -2.0, 0.5]), atol=1e-2, rtol=0)
+    torch.testing.assert_close(
+        model.w.detach(), torch.tensor([1.0, -2.0, 0.5]), atol=1e-2, rtol=0
+    )
 
 
 def test_fit_is_deterministic():
@@ -103,7 +123,9 @@ def test_fit_is_deterministic():
     for _ in range(2):
         torch.manual_seed(0)
         model = Linear()
-        runs.append(fit(model, *regression_data(), steps=50, batch_size=32, seed=3)["loss"])
+        runs.append(
+            fit(model, *regression_data(), steps=50, batch_size=32, seed=3)["loss"]
+        )
     assert torch.equal(*runs)
 
 
@@ -114,7 +136,9 @@ def test_fit_and_minimise_bad_input():
     with pytest.raises(ValueError, match="batch_size must be an int in 1..500"):
         fit(Linear(), x, y, steps=1, batch_size=1000)
     w = torch.zeros(1, requires_grad=True)
-    with pytest.raises(ValueError, match="objective must return a dict with a 'loss' entry"):
+    with pytest.raises(
+        ValueError, match="objective must return a dict with a 'loss' entry"
+    ):
         minimise(lambda step: {"nll": w.sum()}, [w], steps=1)
     with pytest.raises(ValueError, match="schedule must be"):
         minimise(lambda step: {"loss": w.sum()}, [w], steps=1, schedule="linear")
@@ -123,7 +147,8 @@ def test_fit_and_minimise_bad_input():
 def test_cosine_schedule_settles_a_noisy_objective():
     torch.manual_seed(0)
     w = torch.zeros(1, requires_grad=True)
-    noisy = lambda step: {"loss": (w - 3 - torch.randn(64).mean()).pow(2).sum()}  # noqa: E731
+    # noqa: E731
+    noisy = lambda step: {"loss": (w - 3 - torch.randn(64).mean()).pow(2).sum()}
     minimise(noisy, [w], steps=800, lr=0.1, schedule="cosine")
     assert abs(w.item() - 3) < 0.03
 
@@ -133,22 +158,45 @@ def test_early_stopping_follows_the_cosine_schedule_and_stops_with_patience():
     model = Linear()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.08)
     seen_lr, weights = [], []
-    scores = iter([5.0, 3.0, 1.0, 2.0, 4.0, 0.5, 0.1])      # best after round 3, then two worse rounds
+    scores = iter(
+        [5.0, 3.0, 1.0, 2.0, 4.0, 0.5, 0.1]
+    )  # best after round 3, then two worse rounds
 
     def score(model_, *val):
         seen_lr.append(optimizer.param_groups[0]["lr"])
         weights.append(model_.w.detach().clone())
         return torch.tensor(next(scores))
 
-    history = fit_early_stopping(model, (x, y), (x, y), score, steps=70, every=10, patience=2, optimizer=optimizer,
-                                 schedule="cosine", batch_size=50)
-    assert history["step"].tolist() == [10, 20, 30, 40, 50]                 # patience 2 after the best round
-    assert history["val"].tolist() == [5.0, 3.0, 1.0, 2.0, 4.0] and len(history["train"]) == 5
+    history = fit_early_stopping(
+        model,
+        (x, y),
+        (x, y),
+        score,
+        steps=70,
+        every=10,
+        patience=2,
+        optimizer=optimizer,
+        schedule="cosine",
+        batch_size=50,
+    )
+    assert history["step"].tolist() == [
+        10,
+        20,
+        30,
+        40,
+        50,
+    ]  # patience 2 after the best round
+    assert (
+        history["val"].tolist() == [5.0, 3.0, 1.0, 2.0, 4.0]
+        and len(history["train"]) == 5
+    )
     expected = [0.08 * (1 + math.cos(math.pi * r / 7)) / 2 for r in range(5)]
     assert seen_lr == pytest.approx(expected)
-    assert torch.equal(model.w.detach(), weights[2])                          # the best round's weights
+    assert torch.equal(model.w.detach(), weights[2])  # the best round's weights
     with pytest.raises(ValueError, match="schedule must be"):
-        fit_early_stopping(model, (x, y), (x, y), score, steps=10, every=10, schedule="step")
+        fit_early_stopping(
+            model, (x, y), (x, y), score, steps=10, every=10, schedule="step"
+        )
 
 
 def test_fit_bf16_autocast_runs_the_products_in_bf16_and_matches_float32():
@@ -162,10 +210,16 @@ def test_fit_bf16_autocast_runs_the_products_in_bf16_and_matches_float32():
             dtypes.append(prediction.dtype)
             return {"loss": (prediction.float() - y_).pow(2).mean()}
 
-        histories[autocast] = fit(model, x, y, steps=300, batch_size=50, lr=0.05, loss=loss, autocast=autocast)
-        torch.testing.assert_close(model.w.detach(), torch.tensor([1.0, -2.0, 0.5]), atol=2e-2, rtol=0)
+        histories[autocast] = fit(
+            model, x, y, steps=300, batch_size=50, lr=0.05, loss=loss, autocast=autocast
+        )
+        torch.testing.assert_close(
+            model.w.detach(), torch.tensor([1.0, -2.0, 0.5]), atol=2e-2, rtol=0
+        )
     assert set(dtypes[:300]) == {torch.float32} and set(dtypes[300:]) == {torch.bfloat16}
-    torch.testing.assert_close(histories[True]["loss"][:5], histories[False]["loss"][:5], rtol=2e-2, atol=0)
+    torch.testing.assert_close(
+        histories[True]["loss"][:5], histories[False]["loss"][:5], rtol=2e-2, atol=0
+    )
 
 
 def test_fit_compiled_gives_the_eager_numbers():
@@ -176,16 +230,20 @@ def test_fit_compiled_gives_the_eager_numbers():
     counters.clear()
     for compiled in (False, True):
         model = Linear()
-        histories.append(fit(model, x, y, steps=30, batch_size=50, lr=0.05, compiled=compiled)["loss"])
-    assert counters["stats"]["unique_graphs"] >= 1          # the loss really went through torch.compile
+        histories.append(
+            fit(model, x, y, steps=30, batch_size=50, lr=0.05, compiled=compiled)["loss"]
+        )
+    assert (
+        counters["stats"]["unique_graphs"] >= 1
+    )  # the loss really went through torch.compile
     torch.testing.assert_close(histories[1], histories[0], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.gpu
 def test_fit_makes_no_host_sync_per_step_on_cuda():
-    """Syncs (reported by CUDA's sync debug mode) must not grow with the number of steps: the only
-    ones allowed are at the end, when the history is copied to the CPU. A loss that logs with
-    .item() shows that the count does see per-step syncs."""
+    """Syncs (reported by CUDA's sync debug mode) must not grow with the number of
+    steps: the only ones allowed are at the end, when the history is copied to the CPU.
+    A loss that logs with .item() shows that the count does see per-step syncs."""
     import warnings
 
     x, y = (t.cuda() for t in regression_data())
@@ -202,7 +260,14 @@ def test_fit_makes_no_host_sync_per_step_on_cuda():
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                fit(model, x, y, steps=steps, batch_size=50, loss=logged if log_every_step else None)
+                fit(
+                    model,
+                    x,
+                    y,
+                    steps=steps,
+                    batch_size=50,
+                    loss=logged if log_every_step else None,
+                )
         finally:
             torch.cuda.set_sync_debug_mode("default")
         return sum("synchroniz" in str(w.message) for w in caught)
@@ -213,13 +278,16 @@ def test_fit_makes_no_host_sync_per_step_on_cuda():
 
 # ---------------------------------------------------------------------------- plot
 
+
 def test_plots_draw_and_reject_bad_shapes():
     fig, axes = plt.subplots(1, 5)
     image_grid(torch.rand(10, 1, 8, 8), nrow=5, ax=axes[0])
     scatter_2d(torch.randn(20, 2), ax=axes[1])
-    density_2d(lambda z: -(z ** 2).sum(1), ax=axes[2])
+    density_2d(lambda z: -(z**2).sum(1), ax=axes[2])
     curves({"loss": torch.rand(30)}, ax=axes[3], smooth=5)
-    latent_manifold(lambda z: z.sum(1).reshape(-1, 1, 1, 1).expand(-1, 1, 4, 4), n=4, ax=axes[4])
+    latent_manifold(
+        lambda z: z.sum(1).reshape(-1, 1, 1, 1).expand(-1, 1, 4, 4), n=4, ax=axes[4]
+    )
     plt.close(fig)
     with pytest.raises(ValueError, match="one channel"):
         image_grid(torch.rand(2, 3, 8, 8))
@@ -231,14 +299,19 @@ def test_plots_draw_and_reject_bad_shapes():
 
 # lib.checks: one message style for every module's bad input
 
+
 def test_checks_name_the_argument_and_the_expectation():
     from lib.checks import float_tensor, one_of, positive_int
 
     x = torch.zeros(3, 2)
     assert float_tensor("x", x, dim=2) is x
-    with pytest.raises(TypeError, match="z must be a floating-point torch.Tensor, got list"):
+    with pytest.raises(
+        TypeError, match="z must be a floating-point torch.Tensor, got list"
+    ):
         float_tensor("z", [1.0])
-    with pytest.raises(TypeError, match="z must be a floating-point torch.Tensor, got dtype torch.int64"):
+    with pytest.raises(
+        TypeError, match="z must be a floating-point torch.Tensor, got dtype torch.int64"
+    ):
         float_tensor("z", torch.tensor([1]))
     with pytest.raises(ValueError, match=r"z must have shape \(n, d\), got \(3,\)"):
         float_tensor("z", torch.zeros(3), dim=2, shape="(n, d)")
@@ -256,7 +329,10 @@ def test_retrain_command_line():
     retrain_main("demo", ["a", "b"], calls.append, ["--retrain", "b"])
     retrain_main("demo", ["a", "b"], calls.append, ["--retrain"])
     assert calls == [["b"], ["a", "b"]]
-    for argv in ([], ["--retrain", "c"]):  # nothing asked for, an unknown name: an error, nothing trained
+    for argv in (
+        [],
+        ["--retrain", "c"],
+    ):  # nothing asked for, an unknown name: an error, nothing trained
         with pytest.raises(SystemExit):
             retrain_main("demo", ["a", "b"], calls.append, argv)
     assert len(calls) == 2

@@ -150,8 +150,9 @@ def test_eps_parameterisation_inverts_the_forward_draw():
 
 def test_gaussian_kl_matches_torch_distributions():
     g = torch.Generator().manual_seed(1)
-    m1, m2 = torch.randn(50, generator=g, dtype=F64), torch.randn(
-        50, generator=g, dtype=F64
+    m1, m2 = (
+        torch.randn(50, generator=g, dtype=F64),
+        torch.randn(50, generator=g, dtype=F64),
     )
     v1, v2 = (
         torch.rand(50, generator=g, dtype=F64) + 0.01,

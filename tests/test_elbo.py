@@ -1,15 +1,36 @@
-"""lib.elbo against independent oracles: torch.distributions, scikit-learn, brute-force sums."""
+"""lib.elbo against independent oracles: torch.distributions, scikit-learn, brute-force
+sums."""
+
 import math
 
 import numpy as np
 import pytest
 import torch
 from sklearn.mixture import GaussianMixture
-from torch.distributions import Categorical, Independent, MixtureSameFamily, MultivariateNormal, Normal
+from torch.distributions import (
+    Categorical,
+    Independent,
+    MixtureSameFamily,
+    MultivariateNormal,
+    Normal,
+)
 
-from lib.elbo import (LinearGaussianVAE, gmm_e_step, gmm_elbo, gmm_em, gmm_log_likelihood, gmm_m_step,
-                      importance_log_weights, iwae_bound, ppca_elbo, ppca_em, ppca_log_joint, ppca_log_marginal,
-                      ppca_mean_field_posterior, ppca_posterior)
+from lib.elbo import (
+    LinearGaussianVAE,
+    gmm_e_step,
+    gmm_elbo,
+    gmm_em,
+    gmm_log_likelihood,
+    gmm_m_step,
+    importance_log_weights,
+    iwae_bound,
+    ppca_elbo,
+    ppca_em,
+    ppca_log_joint,
+    ppca_log_marginal,
+    ppca_mean_field_posterior,
+    ppca_posterior,
+)
 
 F64 = torch.float64
 
@@ -39,11 +60,15 @@ def test_gmm_log_likelihood_matches_torch_and_sklearn(d):
     x = mixture_data(d)
     weights, means, covs = random_params(d, 3)
     mixture = MixtureSameFamily(Categorical(weights), MultivariateNormal(means, covs))
-    assert gmm_log_likelihood(x, weights, means, covs).item() == pytest.approx(mixture.log_prob(x).sum().item())
+    assert gmm_log_likelihood(x, weights, means, covs).item() == pytest.approx(
+        mixture.log_prob(x).sum().item()
+    )
     sk = GaussianMixture(3, covariance_type="full")
     sk.weights_, sk.means_, sk.covariances_ = weights.numpy(), means.numpy(), covs.numpy()
     sk.precisions_cholesky_ = np.linalg.cholesky(np.linalg.inv(covs.numpy()))
-    assert gmm_log_likelihood(x, weights, means, covs).item() == pytest.approx(sk.score_samples(x.numpy()).sum())
+    assert gmm_log_likelihood(x, weights, means, covs).item() == pytest.approx(
+        sk.score_samples(x.numpy()).sum()
+    )
     resp = gmm_e_step(x, weights, means, covs)
     assert np.allclose(resp.numpy(), sk.predict_proba(x.numpy()))
 
@@ -52,8 +77,12 @@ def test_elbo_equals_log_likelihood_at_the_posterior_and_is_below_it_elsewhere()
     x = mixture_data()
     params = random_params(2, 3)
     resp = gmm_e_step(x, *params)
-    assert gmm_elbo(x, *params, resp).item() == pytest.approx(gmm_log_likelihood(x, *params).item(), abs=1e-6)
-    other = torch.softmax(torch.randn(len(x), 3, generator=torch.Generator().manual_seed(2), dtype=F64), 1)
+    assert gmm_elbo(x, *params, resp).item() == pytest.approx(
+        gmm_log_likelihood(x, *params).item(), abs=1e-6
+    )
+    other = torch.softmax(
+        torch.randn(len(x), 3, generator=torch.Generator().manual_seed(2), dtype=F64), 1
+    )
     gap = gmm_log_likelihood(x, *params) - gmm_elbo(x, *params, other)
     # the gap is sum_n KL(q_n || p(z_n | x_n)), computed independently
     kl = (other * (other.log() - resp.log())).sum()
@@ -63,14 +92,21 @@ def test_elbo_equals_log_likelihood_at_the_posterior_and_is_below_it_elsewhere()
 def test_elbo_with_brute_force_sum_and_zero_responsibilities():
     x = mixture_data(n=20)
     weights, means, covs = random_params(2, 3)
-    resp = torch.softmax(torch.randn(20, 3, generator=torch.Generator().manual_seed(4), dtype=F64), 1)
-    resp[:5] = torch.tensor([1.0, 0.0, 0.0], dtype=F64)   # hard assignments contribute no entropy
+    resp = torch.softmax(
+        torch.randn(20, 3, generator=torch.Generator().manual_seed(4), dtype=F64), 1
+    )
+    resp[:5] = torch.tensor(
+        [1.0, 0.0, 0.0], dtype=F64
+    )  # hard assignments contribute no entropy
     expected = 0.0
     for n in range(20):
         for k in range(3):
             r = resp[n, k].item()
             if r > 0:
-                log_joint = math.log(weights[k]) + MultivariateNormal(means[k], covs[k]).log_prob(x[n]).item()
+                log_joint = (
+                    math.log(weights[k])
+                    + MultivariateNormal(means[k], covs[k]).log_prob(x[n]).item()
+                )
                 expected += r * (log_joint - math.log(r))
     assert gmm_elbo(x, weights, means, covs, resp).item() == pytest.approx(expected)
 
@@ -83,7 +119,9 @@ def test_m_step_matches_weighted_moments_and_raises_the_elbo():
     for k in range(3):
         r = resp[:, k].numpy()
         assert means[k].numpy() == pytest.approx(np.average(x.numpy(), axis=0, weights=r))
-        assert covs[k].numpy() == pytest.approx(np.cov(x.numpy().T, aweights=r, bias=True))
+        assert covs[k].numpy() == pytest.approx(
+            np.cov(x.numpy().T, aweights=r, bias=True)
+        )
     assert weights.numpy() == pytest.approx(resp.mean(0).numpy())
     assert gmm_elbo(x, weights, means, covs, resp) >= gmm_elbo(x, *params, resp)
     # the M-step is a maximum: nudging the parameters lowers the ELBO
@@ -98,18 +136,29 @@ def test_em_tight_after_e_step_and_monotone(d):
     params, history = gmm_em(x, 3, iterations=25, seed=0)
     ll, e, m = history["log_likelihood"], history["elbo_e_step"], history["elbo_m_step"]
     assert ll.shape == (26,) and e.shape == m.shape == (25,)
-    assert torch.allclose(e, ll[:-1], atol=1e-6, rtol=0)         # E-step makes the bound tight
-    assert (m >= e - 1e-9).all() and (ll[1:] >= m - 1e-9).all()  # M-step raises it; log p(x) above it
-    assert (ll.diff() >= -1e-9).all()                              # so log p(x) never decreases
+    assert torch.allclose(e, ll[:-1], atol=1e-6, rtol=0)  # E-step makes the bound tight
+    assert (m >= e - 1e-9).all() and (
+        ll[1:] >= m - 1e-9
+    ).all()  # M-step raises it; log p(x) above it
+    assert (ll.diff() >= -1e-9).all()  # so log p(x) never decreases
     assert ll[-1].item() == pytest.approx(gmm_log_likelihood(x, *params).item())
 
 
 def test_em_reaches_sklearn_optimum():
     x = mixture_data()
     params, history = gmm_em(x, 3, iterations=300, seed=0, reg=0.0)
-    sk = GaussianMixture(3, covariance_type="full", reg_covar=0.0, tol=1e-10, max_iter=1000, n_init=5,
-                         random_state=0).fit(x.numpy())
-    assert history["log_likelihood"][-1].item() == pytest.approx(sk.score(x.numpy()) * len(x), abs=1e-3)
+    sk = GaussianMixture(
+        3,
+        covariance_type="full",
+        reg_covar=0.0,
+        tol=1e-10,
+        max_iter=1000,
+        n_init=5,
+        random_state=0,
+    ).fit(x.numpy())
+    assert history["log_likelihood"][-1].item() == pytest.approx(
+        sk.score(x.numpy()) * len(x), abs=1e-3
+    )
 
 
 def test_hard_em_gap_stays_open():
@@ -134,7 +183,9 @@ def test_gmm_bad_inputs():
         gmm_e_step(x[:, 0], weights, means, covs)
     with pytest.raises(ValueError, match="weights must be non-negative and sum to 1"):
         gmm_e_step(x, weights * 2, means, covs)
-    with pytest.raises(ValueError, match=r"means must have shape \(K, d\) = \(3, 2\), got \(2, 2\)"):
+    with pytest.raises(
+        ValueError, match=r"means must have shape \(K, d\) = \(3, 2\), got \(2, 2\)"
+    ):
         gmm_e_step(x, weights, means[:2], covs)
     with pytest.raises(ValueError, match="covs must have shape"):
         gmm_e_step(x, weights, means, covs[:, 0])
@@ -181,14 +232,22 @@ def test_ppca_elbo_decomposition(ppca):
     x, W, b, sigma2 = ppca
     exact = ppca_posterior(x, W, b, sigma2)
     log_px = ppca_log_marginal(x, W, b, sigma2)
-    assert torch.allclose(ppca_elbo(x, W, b, sigma2, exact.mean, exact.covariance_matrix), log_px, atol=1e-10)
+    assert torch.allclose(
+        ppca_elbo(x, W, b, sigma2, exact.mean, exact.covariance_matrix),
+        log_px,
+        atol=1e-10,
+    )
     q = ppca_mean_field_posterior(x, W, b, sigma2)
     elbo = ppca_elbo(x, W, b, sigma2, q.mean, torch.diag_embed(q.variance))
-    kl = torch.distributions.kl_divergence(MultivariateNormal(q.mean, torch.diag_embed(q.variance)), exact)
-    assert torch.allclose(log_px - elbo, kl)                   # log p(x) = ELBO + KL(q || p(z | x))
-    assert (kl > 1e-3).all()                                    # W's columns overlap: the posterior is correlated
+    kl = torch.distributions.kl_divergence(
+        MultivariateNormal(q.mean, torch.diag_embed(q.variance)), exact
+    )
+    assert torch.allclose(log_px - elbo, kl)  # log p(x) = ELBO + KL(q || p(z | x))
+    assert (kl > 1e-3).all()  # W's columns overlap: the posterior is correlated
     # Monte Carlo with the joint density agrees with the closed form
-    lw = importance_log_weights(lambda z: ppca_log_joint(x, z, W, b, sigma2), q, 1, repeats=40_000, seed=1)
+    lw = importance_log_weights(
+        lambda z: ppca_log_joint(x, z, W, b, sigma2), q, 1, repeats=40_000, seed=1
+    )
     assert torch.allclose(lw.mean((0, 1)), elbo, atol=0.03)
 
 
@@ -197,18 +256,29 @@ def test_mean_field_is_the_best_factorised_gaussian(ppca):
     q = ppca_mean_field_posterior(x, W, b, sigma2)
     best = ppca_elbo(x, W, b, sigma2, q.mean, torch.diag_embed(q.variance))
     for scale in (0.9, 1.1):
-        assert (ppca_elbo(x, W, b, sigma2, q.mean, torch.diag_embed(q.variance * scale)) < best).all()
-    assert (ppca_elbo(x, W, b, sigma2, q.mean + 0.05, torch.diag_embed(q.variance)) < best).all()
+        assert (
+            ppca_elbo(x, W, b, sigma2, q.mean, torch.diag_embed(q.variance * scale))
+            < best
+        ).all()
+    assert (
+        ppca_elbo(x, W, b, sigma2, q.mean + 0.05, torch.diag_embed(q.variance)) < best
+    ).all()
 
 
 def test_iwae_bound_tightens_with_k_and_stays_below_log_px(ppca):
     x, W, b, sigma2 = ppca
     log_px = ppca_log_marginal(x, W, b, sigma2).sum()
-    q = Independent(Normal(torch.zeros(30, 2, dtype=F64), torch.ones(30, 2, dtype=F64)), 1)  # the prior: a poor q
+    q = Independent(
+        Normal(torch.zeros(30, 2, dtype=F64), torch.ones(30, 2, dtype=F64)), 1
+    )  # the prior: a poor q
     bounds = []
     for K in (1, 5, 50):
-        estimates = iwae_bound(importance_log_weights(lambda z: ppca_log_joint(x, z, W, b, sigma2), q, K,
-                                                      repeats=200, seed=K), dim=1).sum(-1)
+        estimates = iwae_bound(
+            importance_log_weights(
+                lambda z: ppca_log_joint(x, z, W, b, sigma2), q, K, repeats=200, seed=K
+            ),
+            dim=1,
+        ).sum(-1)
         mean, se = estimates.mean(), estimates.std() / math.sqrt(len(estimates))
         assert mean + 3 * se < log_px
         bounds.append(mean)
@@ -218,13 +288,19 @@ def test_iwae_bound_tightens_with_k_and_stays_below_log_px(ppca):
 def test_iwae_with_the_exact_posterior_is_exact(ppca):
     x, W, b, sigma2 = ppca
     q = ppca_posterior(x, W, b, sigma2)
-    lw = importance_log_weights(lambda z: ppca_log_joint(x, z, W, b, sigma2), q, 5, repeats=3)
-    assert torch.allclose(iwae_bound(lw, dim=1), ppca_log_marginal(x, W, b, sigma2).expand(3, -1))
+    lw = importance_log_weights(
+        lambda z: ppca_log_joint(x, z, W, b, sigma2), q, 5, repeats=3
+    )
+    assert torch.allclose(
+        iwae_bound(lw, dim=1), ppca_log_marginal(x, W, b, sigma2).expand(3, -1)
+    )
 
 
 def test_iwae_bound_is_log_mean_exp():
     lw = torch.tensor([[0.0, math.log(3.0)], [math.log(2.0), math.log(5.0)]], dtype=F64)
-    assert torch.allclose(iwae_bound(lw, dim=1), torch.tensor([math.log(2.0), math.log(3.5)], dtype=F64))
+    assert torch.allclose(
+        iwae_bound(lw, dim=1), torch.tensor([math.log(2.0), math.log(3.5)], dtype=F64)
+    )
     with pytest.raises(TypeError, match="log_weights"):
         iwae_bound([0.0, 1.0])
     with pytest.raises(ValueError, match="sample dimension"):
@@ -235,7 +311,9 @@ def test_importance_weights_are_seeded(ppca):
     x, W, b, sigma2 = ppca
     q = ppca_mean_field_posterior(x, W, b, sigma2)
     f = lambda z: ppca_log_joint(x, z, W, b, sigma2)  # noqa: E731
-    assert torch.equal(importance_log_weights(f, q, 4, seed=3), importance_log_weights(f, q, 4, seed=3))
+    assert torch.equal(
+        importance_log_weights(f, q, 4, seed=3), importance_log_weights(f, q, 4, seed=3)
+    )
     assert importance_log_weights(f, q, 4, repeats=2).shape == (2, 4, 30)
     with pytest.raises(ValueError, match="K must be a positive int"):
         importance_log_weights(f, q, 0)
@@ -245,10 +323,14 @@ def test_exact_and_variational_em(ppca):
     x, W, b, sigma2 = ppca
     _, exact = ppca_em(x, 2, iterations=30)
     assert (exact["log_likelihood"].diff() >= -1e-9).all()
-    assert torch.allclose(exact["elbo"][0::2], exact["log_likelihood"][:-1])   # tight after each E-step
+    assert torch.allclose(
+        exact["elbo"][0::2], exact["log_likelihood"][:-1]
+    )  # tight after each E-step
     _, mean_field = ppca_em(x, 2, iterations=30, mean_field=True)
-    assert (mean_field["elbo"].diff() >= -1e-9).all()                          # the ELBO still never falls
-    assert (mean_field["elbo"][0::2] < mean_field["log_likelihood"][:-1]).all()  # but the bound is not tight
+    assert (mean_field["elbo"].diff() >= -1e-9).all()  # the ELBO still never falls
+    assert (
+        mean_field["elbo"][0::2] < mean_field["log_likelihood"][:-1]
+    ).all()  # but the bound is not tight
 
 
 def test_ppca_bad_inputs(ppca):
@@ -272,7 +354,14 @@ def test_linear_vae_terms(ppca):
     # the one-sample ELBO is unbiased for the closed form ppca_elbo of the encoder's q
     q = model.encode(x)
     with torch.no_grad():
-        closed = ppca_elbo(x, model.W, model.b, model.log_sigma2.exp(), q.mean, torch.diag_embed(q.variance)).mean()
+        closed = ppca_elbo(
+            x,
+            model.W,
+            model.b,
+            model.log_sigma2.exp(),
+            q.mean,
+            torch.diag_embed(q.variance),
+        ).mean()
         torch.manual_seed(0)
         mc = -model.loss(x.repeat(2000, 1))["loss"]
     assert mc.item() == pytest.approx(closed.item(), abs=0.05)

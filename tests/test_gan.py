@@ -1,5 +1,6 @@
 """lib.gan against independent oracles: torch's binary cross-entropy, closed-form Gaussian
 densities, numerical integration (scipy.integrate.quad), hand-built sample sets."""
+
 import math
 
 import pytest
@@ -9,9 +10,23 @@ from scipy import integrate, stats
 from torch.distributions import Categorical, MixtureSameFamily, Normal
 
 from lib.data import TOY2D_STD, digits, toy2d, toy2d_modes
-from lib.gan import (GAN, TOY_EXPERIMENTS, TOY_SEEDS, digits_to_unit, discriminator_loss, gan_losses, generator_loss,
-                     js_divergence, load_digits_gans, load_toy_gans, mode_coverage, optimal_discriminator, toy_gan,
-                     train_gan, unit_to_digits)
+from lib.gan import (
+    GAN,
+    TOY_EXPERIMENTS,
+    TOY_SEEDS,
+    digits_to_unit,
+    discriminator_loss,
+    gan_losses,
+    generator_loss,
+    js_divergence,
+    load_digits_gans,
+    load_toy_gans,
+    mode_coverage,
+    optimal_discriminator,
+    toy_gan,
+    train_gan,
+    unit_to_digits,
+)
 
 F64 = torch.float64
 BIG = torch.tensor([-1000.0, -100.0, -30.0, -1.5, 0.0, 2.0, 30.0, 100.0, 1000.0])
@@ -24,12 +39,14 @@ BIG = torch.tensor([-1000.0, -100.0, -30.0, -1.5, 0.0, 2.0, 30.0, 100.0, 1000.0]
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 def test_discriminator_loss_is_binary_cross_entropy_with_large_logits(dtype):
     real, fake = BIG.to(dtype), BIG.flip(0).to(dtype) * 0.7
-    expected = (F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
-                + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
+    expected = F.binary_cross_entropy_with_logits(
+        real, torch.ones_like(real)
+    ) + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
     got = discriminator_loss(real, fake)
     assert got.dtype == dtype and got.shape == ()
     assert torch.isfinite(got) and torch.allclose(got, expected, rtol=1e-6)
-    # minus the value V(D, G) = E log D(x) + E log(1 - D(G(z))), in float64 where sigmoid still works
+    # minus the value V(D, G) = E log D(x) + E log(1 - D(G(z))), in float64 where
+    # sigmoid still works
     r, f = torch.tensor([-3.0, 0.5, 4.0], dtype=F64), torch.tensor([-2.0, 1.0], dtype=F64)
     value = torch.sigmoid(r).log().mean() + (1 - torch.sigmoid(f)).log().mean()
     assert torch.allclose(discriminator_loss(r, f), -value)
@@ -38,13 +55,21 @@ def test_discriminator_loss_is_binary_cross_entropy_with_large_logits(dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 def test_generator_losses_with_large_logits(dtype):
     fake = BIG.to(dtype)
-    non_saturating = F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))     # -E log D(G(z))
-    saturating = -F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))       # E log(1 - D(G(z)))
+    non_saturating = F.binary_cross_entropy_with_logits(
+        fake, torch.ones_like(fake)
+    )  # -E log D(G(z))
+    saturating = -F.binary_cross_entropy_with_logits(
+        fake, torch.zeros_like(fake)
+    )  # E log(1 - D(G(z)))
     assert torch.allclose(generator_loss(fake), non_saturating, rtol=1e-6)
-    assert torch.allclose(generator_loss(fake, "non-saturating"), non_saturating, rtol=1e-6)
+    assert torch.allclose(
+        generator_loss(fake, "non-saturating"), non_saturating, rtol=1e-6
+    )
     assert torch.allclose(generator_loss(fake, "saturating"), saturating, rtol=1e-6)
     losses = gan_losses(fake, fake, kind="saturating")
-    assert set(losses) == {"d_loss", "g_loss"} and torch.allclose(losses["g_loss"], saturating, rtol=1e-6)
+    assert set(losses) == {"d_loss", "g_loss"} and torch.allclose(
+        losses["g_loss"], saturating, rtol=1e-6
+    )
 
 
 def test_gradients_stay_finite_and_show_saturation():
@@ -52,12 +77,15 @@ def test_gradients_stay_finite_and_show_saturation():
     for kind in ("saturating", "non-saturating"):
         (grad,) = torch.autograd.grad(generator_loss(fake, kind), fake)
         assert torch.isfinite(grad).all()
-    # d/dl of the per-sample losses: saturating -sigmoid(l), non-saturating -(1 - sigmoid(l))
+    # d/dl of the per-sample losses: saturating -sigmoid(l), non-saturating -(1 -
+    # sigmoid(l))
     (sat,) = torch.autograd.grad(generator_loss(fake, "saturating") * 4, fake)
     (ns,) = torch.autograd.grad(generator_loss(fake, "non-saturating") * 4, fake)
     assert torch.allclose(sat, -torch.sigmoid(fake.detach()))
     assert torch.allclose(ns, -torch.sigmoid(-fake.detach()))
-    assert sat[0].abs() < 1e-40 and ns[0].item() == pytest.approx(-1.0)   # a rejected sample: only NS pushes
+    assert sat[0].abs() < 1e-40 and ns[0].item() == pytest.approx(
+        -1.0
+    )  # a rejected sample: only NS pushes
 
 
 def test_loss_bad_inputs():
@@ -80,8 +108,13 @@ def gaussian_pdf(x, mu, sigma):
 def test_optimal_discriminator_matches_the_closed_form():
     x = torch.linspace(-4, 5, 37, dtype=F64)
     got = optimal_discriminator(x, Normal(0.0, 1.0), Normal(1.0, 2.0))
-    expected = torch.tensor([gaussian_pdf(v, 0, 1) / (gaussian_pdf(v, 0, 1) + gaussian_pdf(v, 1, 2)) for v in x.tolist()],
-                            dtype=F64)
+    expected = torch.tensor(
+        [
+            gaussian_pdf(v, 0, 1) / (gaussian_pdf(v, 0, 1) + gaussian_pdf(v, 1, 2))
+            for v in x.tolist()
+        ],
+        dtype=F64,
+    )
     assert torch.allclose(got, expected, atol=1e-12)
     # equal densities give 1/2; a callable log density works too
     half = optimal_discriminator(x, Normal(0.0, 1.0).log_prob, Normal(0.0, 1.0))
@@ -105,9 +138,12 @@ def test_optimal_discriminator_maximises_the_value():
 
     def value(shift):
         def integrand(v):
-            d = optimal_discriminator(torch.tensor([v], dtype=F64), Normal(0.0, 1.0), Normal(1.5, 0.7)).item()
+            d = optimal_discriminator(
+                torch.tensor([v], dtype=F64), Normal(0.0, 1.0), Normal(1.5, 0.7)
+            ).item()
             d = min(max(d + shift, 1e-12), 1 - 1e-12)
             return p_data.pdf(v) * math.log(d) + p_g.pdf(v) * math.log(1 - d)
+
         return integrate.quad(integrand, -12, 12, limit=200)[0]
 
     best = value(0.0)
@@ -115,25 +151,36 @@ def test_optimal_discriminator_maximises_the_value():
 
 
 def test_value_at_the_optimal_discriminator_is_minus_log_4_plus_2_jsd():
-    data = MixtureSameFamily(Categorical(torch.tensor([0.3, 0.7], dtype=F64)),
-                             Normal(torch.tensor([-2.0, 1.0], dtype=F64), torch.tensor([0.5, 0.8], dtype=F64)))
+    data = MixtureSameFamily(
+        Categorical(torch.tensor([0.3, 0.7], dtype=F64)),
+        Normal(torch.tensor([-2.0, 1.0], dtype=F64), torch.tensor([0.5, 0.8], dtype=F64)),
+    )
     model = Normal(torch.tensor(0.3, dtype=F64), torch.tensor(1.5, dtype=F64))
 
     def V_star(v):
         x = torch.tensor([v], dtype=F64)
         d = optimal_discriminator(x, data, model)
-        return (data.log_prob(x).exp() * d.log() + model.log_prob(x).exp() * (1 - d).log()).item()
+        return (
+            data.log_prob(x).exp() * d.log() + model.log_prob(x).exp() * (1 - d).log()
+        ).item()
 
     def kl_to_mixture(p, v):
         x = torch.tensor([v], dtype=F64)
-        log_p, log_m = p.log_prob(x), torch.logaddexp(data.log_prob(x), model.log_prob(x)) - math.log(2)
+        log_p, log_m = (
+            p.log_prob(x),
+            torch.logaddexp(data.log_prob(x), model.log_prob(x)) - math.log(2),
+        )
         return (log_p.exp() * (log_p - log_m)).item()
 
     value = integrate.quad(V_star, -15, 15, limit=200)[0]
-    jsd_quad = 0.5 * integrate.quad(lambda v: kl_to_mixture(data, v), -15, 15, limit=200)[0] \
+    jsd_quad = (
+        0.5 * integrate.quad(lambda v: kl_to_mixture(data, v), -15, 15, limit=200)[0]
         + 0.5 * integrate.quad(lambda v: kl_to_mixture(model, v), -15, 15, limit=200)[0]
+    )
     grid = torch.linspace(-15, 15, 30001, dtype=F64)
-    jsd_grid = js_divergence(data.log_prob(grid), model.log_prob(grid), dx=(grid[1] - grid[0]).item())
+    jsd_grid = js_divergence(
+        data.log_prob(grid), model.log_prob(grid), dx=(grid[1] - grid[0]).item()
+    )
     assert value == pytest.approx(-math.log(4) + 2 * jsd_quad, abs=1e-8)
     assert jsd_grid.item() == pytest.approx(jsd_quad, abs=1e-8)
     assert 0 < jsd_quad < math.log(2)
@@ -141,17 +188,20 @@ def test_value_at_the_optimal_discriminator_is_minus_log_4_plus_2_jsd():
     assert js_divergence(model.log_prob(grid), model.log_prob(grid), 0.001).abs() < 1e-12
     far = Normal(torch.tensor(1e3, dtype=F64), torch.tensor(1.0, dtype=F64))
     wide = torch.linspace(-20, 1020, 400001, dtype=F64)
-    assert js_divergence(model.log_prob(wide), far.log_prob(wide), (wide[1] - wide[0]).item()).item() == pytest.approx(math.log(2), abs=1e-6)
+    assert js_divergence(
+        model.log_prob(wide), far.log_prob(wide), (wide[1] - wide[0]).item()
+    ).item() == pytest.approx(math.log(2), abs=1e-6)
 
 
 def test_minimising_the_discriminator_loss_recovers_the_optimal_discriminator():
-    # logistic regression on (x, x^2) can represent the log ratio of two Gaussians exactly, so
+    # logistic regression on (x, x^2) can represent the log ratio of two Gaussians
+    # exactly, so
     # minimising discriminator_loss on many samples must recover D* up to sampling error
     g = torch.Generator().manual_seed(0)
     real = 0.0 + 1.0 * torch.randn(20000, generator=g, dtype=F64)
     fake = 1.0 + 0.6 * torch.randn(20000, generator=g, dtype=F64)
     w = torch.zeros(3, dtype=F64, requires_grad=True)
-    features = lambda x: torch.stack([torch.ones_like(x), x, x ** 2], 1)  # noqa: E731
+    features = lambda x: torch.stack([torch.ones_like(x), x, x**2], 1)  # noqa: E731
     opt = torch.optim.LBFGS([w], max_iter=200, line_search_fn="strong_wolfe")
 
     def closure():
@@ -163,7 +213,9 @@ def test_minimising_the_discriminator_loss_recovers_the_optimal_discriminator():
     opt.step(closure)
     x = torch.linspace(-1.5, 2.0, 15, dtype=F64)
     trained = torch.sigmoid(features(x) @ w.detach())
-    assert torch.allclose(trained, optimal_discriminator(x, Normal(0.0, 1.0), Normal(1.0, 0.6)), atol=0.02)
+    assert torch.allclose(
+        trained, optimal_discriminator(x, Normal(0.0, 1.0), Normal(1.0, 0.6)), atol=0.02
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -174,8 +226,10 @@ def test_mode_coverage_counts_covered_modes_and_high_quality_samples():
     modes = toy2d_modes("ring")
     std = TOY2D_STD["ring"]
     near = modes[[0, 0, 2, 5, 5, 5]] + torch.tensor([[2.9 * std, 0.0]] + [[0.0, 0.0]] * 5)
-    beyond = modes[[1, 3]] + torch.tensor([[0.0, 3.1 * std], [-3.1 * std, 0.0]])   # just outside 3 std
-    between = torch.zeros(2, 2)                                                      # the centre of the ring
+    beyond = modes[[1, 3]] + torch.tensor(
+        [[0.0, 3.1 * std], [-3.1 * std, 0.0]]
+    )  # just outside 3 std
+    between = torch.zeros(2, 2)  # the centre of the ring
     result = mode_coverage(torch.cat([near, beyond, between]), "ring")
     assert result["modes"] == 3
     assert result["high_quality"] == pytest.approx(6 / 10)
@@ -187,12 +241,18 @@ def test_mode_coverage_of_the_data_itself_and_of_a_collapsed_sampler():
     for name, n_modes in (("ring", 8), ("grid", 25)):
         data = toy2d(name, 2500, seed=5)
         result = mode_coverage(data, name)
-        assert result["modes"] == n_modes and result["counts"].sum() == round(result["high_quality"] * 2500)
-        collapsed = toy2d_modes(name)[:3].repeat(100, 1) + 0.5 * TOY2D_STD[name] * torch.randn(300, 2)
+        assert result["modes"] == n_modes and result["counts"].sum() == round(
+            result["high_quality"] * 2500
+        )
+        collapsed = toy2d_modes(name)[:3].repeat(100, 1) + 0.5 * TOY2D_STD[
+            name
+        ] * torch.randn(300, 2)
         assert mode_coverage(collapsed, name)["modes"] == 3
     # 2-D Gaussian: P(|e| < 3 std) = 1 - exp(-9/2) for each mode
     data = toy2d("grid", 20000, seed=6)
-    assert mode_coverage(data, "grid")["high_quality"] == pytest.approx(1 - math.exp(-4.5), abs=0.003)
+    assert mode_coverage(data, "grid")["high_quality"] == pytest.approx(
+        1 - math.exp(-4.5), abs=0.003
+    )
 
 
 def test_mode_coverage_bad_inputs():
@@ -227,11 +287,15 @@ def test_same_seed_same_model_and_history():
     runs = []
     for _ in range(2):
         model = GAN(2, hidden=16, pack=2, seed=3)
-        history = train_gan(model, x, steps=30, batch_size=20, seed=4, snapshots=(0, 30), n_snapshot=50)
+        history = train_gan(
+            model, x, steps=30, batch_size=20, seed=4, snapshots=(0, 30), n_snapshot=50
+        )
         runs.append((model, history))
     (a, ha), (b, hb) = runs
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
-    assert torch.equal(ha["d_loss"], hb["d_loss"]) and torch.equal(ha["g_loss"], hb["g_loss"])
+    assert torch.equal(ha["d_loss"], hb["d_loss"]) and torch.equal(
+        ha["g_loss"], hb["g_loss"]
+    )
     assert set(ha) == {"d_loss", "g_loss", "d_real", "d_fake", "snapshots"}
     assert ha["d_loss"].shape == (30,) and sorted(ha["snapshots"]) == [0, 30]
     assert ha["snapshots"][0].shape == (50, 2)
@@ -239,11 +303,12 @@ def test_same_seed_same_model_and_history():
 
 
 def test_train_gan_moves_a_1d_generator_to_the_data():
-    # one dimension, 500 steps: the generated distribution moves from around 0 to the data's N(2, 0.5^2)
+    # one dimension, 500 steps: the generated distribution moves from around 0 to the
+    # data's N(2, 0.5^2)
     x = 2.0 + 0.5 * torch.randn(5000, 1, generator=torch.Generator().manual_seed(0))
     model = GAN(1, latent_dim=1, hidden=32, seed=0)
 
-    def wasserstein_1(samples):                    # between equal-size 1-D samples: sort and match
+    def wasserstein_1(samples):  # between equal-size 1-D samples: sort and match
         return (samples[:, 0].sort().values - x[:4000, 0].sort().values).abs().mean()
 
     start = wasserstein_1(model.sample(4000, generator=torch.Generator().manual_seed(1)))
@@ -255,15 +320,33 @@ def test_train_gan_moves_a_1d_generator_to_the_data():
 
 def test_batch_norm_generator_snapshots_and_samples_use_the_running_statistics():
     model = GAN(2, hidden=16, batch_norm=True, seed=0)
-    assert [type(m).__name__ for m in model.generator] == ["Linear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d",
-                                                            "ReLU", "Linear"]
-    history = train_gan(model, toy2d("ring", 2000, seed=0), steps=20, batch_size=20, seed=0, snapshots=(20,),
-                        n_snapshot=50)
+    assert [type(m).__name__ for m in model.generator] == [
+        "Linear",
+        "BatchNorm1d",
+        "ReLU",
+        "Linear",
+        "BatchNorm1d",
+        "ReLU",
+        "Linear",
+    ]
+    history = train_gan(
+        model,
+        toy2d("ring", 2000, seed=0),
+        steps=20,
+        batch_size=20,
+        seed=0,
+        snapshots=(20,),
+        n_snapshot=50,
+    )
     assert not model.training
-    z_fixed = torch.randn(50, 2, generator=torch.Generator().manual_seed(0))     # train_gan's first draw
+    z_fixed = torch.randn(
+        50, 2, generator=torch.Generator().manual_seed(0)
+    )  # train_gan's first draw
     with torch.no_grad():
         assert torch.allclose(history["snapshots"][20], model.generate(z_fixed))
-        assert not torch.allclose(model.train().generate(z_fixed), history["snapshots"][20])  # batch statistics
+        assert not torch.allclose(
+            model.train().generate(z_fixed), history["snapshots"][20]
+        )  # batch statistics
 
 
 def test_scale_is_a_change_of_units():
@@ -279,9 +362,15 @@ def test_more_discriminator_steps_and_rates():
     x = toy2d("grid", 2000, seed=0)
     model = toy_gan("grid", pack=2, seed=0)
     before = [p.clone() for p in model.generator.parameters()]
-    history = train_gan(model, x, steps=5, batch_size=16, lr=0.0, d_lr=1e-3, d_steps=3, seed=0)
-    assert all(torch.equal(a, b) for a, b in zip(before, model.generator.parameters()))   # lr = 0: G fixed
-    assert history["d_loss"].shape == (5,) and (history["d_loss"][-1] < history["d_loss"][0])
+    history = train_gan(
+        model, x, steps=5, batch_size=16, lr=0.0, d_lr=1e-3, d_steps=3, seed=0
+    )
+    assert all(
+        torch.equal(a, b) for a, b in zip(before, model.generator.parameters())
+    )  # lr = 0: G fixed
+    assert history["d_loss"].shape == (5,) and (
+        history["d_loss"][-1] < history["d_loss"][0]
+    )
     with pytest.raises(ValueError, match="d_steps must be a positive int"):
         train_gan(model, x, steps=1, d_steps=0)
 
@@ -295,16 +384,29 @@ def test_committed_toy_gans_reproduce_their_stored_coverage():
             for seed in TOY_SEEDS:
                 model = toy["models"][(name, pack, seed)]
                 assert not model.training and model.pack == pack
-                samples = model.sample(2500, generator=torch.Generator().manual_seed(seed))
+                samples = model.sample(
+                    2500, generator=torch.Generator().manual_seed(seed)
+                )
                 cover = mode_coverage(samples, experiment["data"])
                 run = toy["runs"][(name, pack, seed)]
-                assert run["coverage"] == (cover["modes"], pytest.approx(cover["high_quality"]))  # stored at training
-                assert sorted(run["snapshots"])[0] == 0 and run["history"]["d_loss"].dim() == 1
+                assert run["coverage"] == (
+                    cover["modes"],
+                    pytest.approx(cover["high_quality"]),
+                )  # stored at training
+                assert (
+                    sorted(run["snapshots"])[0] == 0
+                    and run["history"]["d_loss"].dim() == 1
+                )
                 modes.append(cover["modes"])
                 quality.append(cover["high_quality"])
-            mean_modes[(name, pack)], mean_quality[(name, pack)] = sum(modes) / 3, sum(quality) / 3
-        assert mean_modes[(name, 2)] > mean_modes[(name, 1)]        # packing covers more modes
-    assert mean_modes[("ring", 2)] >= 7.5 and mean_quality[("ring", 2)] >= 0.8       # the chapter's goals
+            mean_modes[(name, pack)], mean_quality[(name, pack)] = (
+                sum(modes) / 3,
+                sum(quality) / 3,
+            )
+        assert mean_modes[(name, 2)] > mean_modes[(name, 1)]  # packing covers more modes
+    assert (
+        mean_modes[("ring", 2)] >= 7.5 and mean_quality[("ring", 2)] >= 0.8
+    )  # the chapter's goals
     assert mean_modes[("grid-bn", 2)] >= 23 and mean_quality[("grid-bn", 2)] >= 0.8
 
 
@@ -315,8 +417,10 @@ def test_digits_scaling_round_trip_and_committed_digits_gans():
     assert torch.allclose(unit_to_digits(unit), x)
     for pack, model in load_digits_gans().items():
         samples = model.sample(100, generator=torch.Generator().manual_seed(0))
-        assert model.pack == pack and samples.shape == (100, 64) and samples.abs().max() <= 1
-        assert samples.std(0).mean() > 0.1                  # not a single image
+        assert (
+            model.pack == pack and samples.shape == (100, 64) and samples.abs().max() <= 1
+        )
+        assert samples.std(0).mean() > 0.1  # not a single image
 
 
 def test_train_gan_bad_inputs():
@@ -345,21 +449,35 @@ def test_losses_model_and_training_on_cuda_match_cpu():
             assert torch.allclose(gpu_losses[key].cpu(), cpu_losses[key], rtol=1e-5)
     x = torch.linspace(-3, 3, 11)
     d_cpu = optimal_discriminator(x, Normal(0.0, 1.0), Normal(1.0, 2.0))
-    d_gpu = optimal_discriminator(x.to(cuda), Normal(torch.tensor(0.0, device=cuda), 1.0),
-                                  Normal(torch.tensor(1.0, device=cuda), 2.0))
+    d_gpu = optimal_discriminator(
+        x.to(cuda),
+        Normal(torch.tensor(0.0, device=cuda), 1.0),
+        Normal(torch.tensor(1.0, device=cuda), 2.0),
+    )
     assert torch.allclose(d_gpu.cpu(), d_cpu, atol=1e-6)
     # the same weights give the same logits and losses on both devices
     model_cpu = GAN(2, hidden=32, pack=2, seed=0)
     model_gpu = GAN(2, hidden=32, pack=2, seed=0).to(cuda)
     data, z = toy2d("ring", 100, seed=0), torch.randn(100, 2)
     cpu = gan_losses(model_cpu.logits(data), model_cpu.logits(model_cpu.generate(z)))
-    gpu = gan_losses(model_gpu.logits(data.to(cuda)), model_gpu.logits(model_gpu.generate(z.to(cuda))))
+    gpu = gan_losses(
+        model_gpu.logits(data.to(cuda)), model_gpu.logits(model_gpu.generate(z.to(cuda)))
+    )
     for key in cpu:
         assert torch.allclose(gpu[key].cpu(), cpu[key], rtol=1e-4, atol=1e-5)
     # training runs on the device the data live on; the history comes back on the CPU
-    history = train_gan(model_gpu, toy2d("ring", 1000, seed=0, device=cuda), steps=20, batch_size=50, seed=0,
-                        snapshots=(0, 20), n_snapshot=100)
-    assert history["d_loss"].device.type == "cpu" and torch.isfinite(history["d_loss"]).all()
+    history = train_gan(
+        model_gpu,
+        toy2d("ring", 1000, seed=0, device=cuda),
+        steps=20,
+        batch_size=50,
+        seed=0,
+        snapshots=(0, 20),
+        n_snapshot=100,
+    )
+    assert (
+        history["d_loss"].device.type == "cpu" and torch.isfinite(history["d_loss"]).all()
+    )
     assert history["snapshots"][20].device.type == "cpu"
     samples = model_gpu.sample(2500)
     assert samples.device.type == "cuda"

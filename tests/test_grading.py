@@ -1,4 +1,5 @@
 """lib.grading: what a test cell accepts and rejects, and the shortcut block."""
+
 import json
 import re
 
@@ -11,13 +12,20 @@ from lib.grading import call, check, expect_close, shortcuts_blocked
 
 
 def test_a_right_answer_passes_and_is_returned():
-    got = check(lambda x: x * 2, torch.tensor([1.0, 2.0]), expected=torch.tensor([2.0, 4.0]))
+    got = check(
+        lambda x: x * 2, torch.tensor([1.0, 2.0]), expected=torch.tensor([2.0, 4.0])
+    )
     assert torch.equal(got, torch.tensor([2.0, 4.0]))
 
 
 def test_a_wrong_value_fails_with_call_result_expectation_and_hint():
     with pytest.raises(AssertionError) as info:
-        check(lambda x: x * 3, torch.tensor([1.0]), expected=torch.tensor([2.0]), hint="double it")
+        check(
+            lambda x: x * 3,
+            torch.tensor([1.0]),
+            expected=torch.tensor([2.0]),
+            hint="double it",
+        )
     message = str(info.value)
     assert "<lambda>(tensor([1.]))" in message and "tensor([3.])" in message
     assert "tensor([2.])" in message and "Hint: double it" in message
@@ -36,14 +44,17 @@ class LyingTensor(torch.Tensor):
         return True
 
 
-@pytest.mark.parametrize("answer, words", [
-    (AlwaysEqual(), "of type AlwaysEqual"),
-    (torch.tensor([2.0]).as_subclass(LyingTensor), "of type LyingTensor"),
-    (torch.tensor([2]), "dtype torch.int64"),
-    (torch.tensor([[2.0]]), r"shape \(1, 1\)"),
-    (torch.tensor([float("nan")]), "entries differ"),
-    (2.0, "of type float"),
-])
+@pytest.mark.parametrize(
+    "answer, words",
+    [
+        (AlwaysEqual(), "of type AlwaysEqual"),
+        (torch.tensor([2.0]).as_subclass(LyingTensor), "of type LyingTensor"),
+        (torch.tensor([2]), "dtype torch.int64"),
+        (torch.tensor([[2.0]]), r"shape \(1, 1\)"),
+        (torch.tensor([float("nan")]), "entries differ"),
+        (2.0, "of type float"),
+    ],
+)
 def test_impostors_fail(answer, words):
     with pytest.raises(AssertionError, match=words):
         check(lambda: answer, expected=torch.tensor([2.0]))
@@ -106,22 +117,46 @@ def test_unknown_shortcut_name():
             pass
 
 
-# ---------------------------------------------------------------------------- the wire to the grader
+# ---------------------------------------------------------------------------- the wire
+# to the grader
 
 from lib.grading import MAX_REPLY_BYTES, Unsendable, decode, encode  # noqa: E402
 
 
-@pytest.mark.parametrize("value", [
-    torch.tensor([1.5, -2.0]), torch.arange(6).reshape(2, 3), torch.tensor([True, False]),
-    torch.zeros(0, 3), torch.tensor(3.0, dtype=torch.float64), torch.randn(2, 2).to(torch.bfloat16),
-    3, 2.5, float("inf"), "text", None, True, (1, 2.0), [torch.ones(2), "a"], {"loss": torch.tensor(1.0), 3: [4]},
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        torch.tensor([1.5, -2.0]),
+        torch.arange(6).reshape(2, 3),
+        torch.tensor([True, False]),
+        torch.zeros(0, 3),
+        torch.tensor(3.0, dtype=torch.float64),
+        torch.randn(2, 2).to(torch.bfloat16),
+        3,
+        2.5,
+        float("inf"),
+        "text",
+        None,
+        True,
+        (1, 2.0),
+        [torch.ones(2), "a"],
+        {"loss": torch.tensor(1.0), 3: [4]},
+    ],
+)
 def test_plain_data_comes_back_exactly(value):
     got = decode(json.loads(json.dumps(encode(value))))
     if isinstance(value, torch.Tensor):
-        assert type(got) is torch.Tensor and got.dtype == value.dtype and torch.equal(got, value)
+        assert (
+            type(got) is torch.Tensor
+            and got.dtype == value.dtype
+            and torch.equal(got, value)
+        )
     elif isinstance(value, dict):
-        assert set(got) == set(value) and torch.equal(got["loss"], value["loss"]) and got[3] == [4]
+        assert (
+            set(got) == set(value)
+            and torch.equal(got["loss"], value["loss"])
+            and got[3] == [4]
+        )
     elif isinstance(value, list):
         assert torch.equal(got[0], value[0]) and got[1] == "a"
     else:
@@ -136,27 +171,143 @@ def numbers():
     yield 1
 
 
-@pytest.mark.parametrize("value, words", [
-    (object(), "an object of type builtins.object"),
-    (torch.ones(2).as_subclass(Sly), "a tensor subclass (Sly)"),
-    (numbers(), "a generator object"),
-    (torch.zeros(MAX_REPLY_BYTES // 4 + 1), "tensors of more than 100 MB"),
-    ({"deep": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]},
-     "nested more than 50 levels"),
-])
+@pytest.mark.parametrize(
+    "value, words",
+    [
+        (object(), "an object of type builtins.object"),
+        (torch.ones(2).as_subclass(Sly), "a tensor subclass (Sly)"),
+        (numbers(), "a generator object"),
+        (torch.zeros(MAX_REPLY_BYTES // 4 + 1), "tensors of more than 100 MB"),
+        (
+            {
+                "deep": [
+                    [
+                        [
+                            [
+                                [
+                                    [
+                                        [
+                                            [
+                                                [
+                                                    [
+                                                        [
+                                                            [
+                                                                [
+                                                                    [
+                                                                        [
+                                                                            [
+                                                                                [
+                                                                                    [
+                                                                                        [
+                                                                                            [
+                                                                                                [
+                                                                                                    [
+                                                                                                        [
+                                                                                                            [
+                                                                                                                [
+                                                                                                                    [
+                                                                                                                        [
+                                                                                                                            [
+                                                                                                                                [
+                                                                                                                                    [
+                                                                                                                                        [
+                                                                                                                                            [
+                                                                                                                                                [
+                                                                                                                                                    [
+                                                                                                                                                        [
+                                                                                                                                                            [
+                                                                                                                                                                [
+                                                                                                                                                                    [
+                                                                                                                                                                        [
+                                                                                                                                                                            [
+                                                                                                                                                                                [
+                                                                                                                                                                                    [
+                                                                                                                                                                                        [
+                                                                                                                                                                                            [
+                                                                                                                                                                                                [
+                                                                                                                                                                                                    [
+                                                                                                                                                                                                        [
+                                                                                                                                                                                                            [
+                                                                                                                                                                                                                [
+                                                                                                                                                                                                                    [
+                                                                                                                                                                                                                        [
+                                                                                                                                                                                                                            [
+                                                                                                                                                                                                                                1
+                                                                                                                                                                                                                            ]
+                                                                                                                                                                                                                        ]
+                                                                                                                                                                                                                    ]
+                                                                                                                                                                                                                ]
+                                                                                                                                                                                                            ]
+                                                                                                                                                                                                        ]
+                                                                                                                                                                                                    ]
+                                                                                                                                                                                                ]
+                                                                                                                                                                                            ]
+                                                                                                                                                                                        ]
+                                                                                                                                                                                    ]
+                                                                                                                                                                                ]
+                                                                                                                                                                            ]
+                                                                                                                                                                        ]
+                                                                                                                                                                    ]
+                                                                                                                                                                ]
+                                                                                                                                                            ]
+                                                                                                                                                        ]
+                                                                                                                                                    ]
+                                                                                                                                                ]
+                                                                                                                                            ]
+                                                                                                                                        ]
+                                                                                                                                    ]
+                                                                                                                                ]
+                                                                                                                            ]
+                                                                                                                        ]
+                                                                                                                    ]
+                                                                                                                ]
+                                                                                                            ]
+                                                                                                        ]
+                                                                                                    ]
+                                                                                                ]
+                                                                                            ]
+                                                                                        ]
+                                                                                    ]
+                                                                                ]
+                                                                            ]
+                                                                        ]
+                                                                    ]
+                                                                ]
+                                                            ]
+                                                        ]
+                                                    ]
+                                                ]
+                                            ]
+                                        ]
+                                    ]
+                                ]
+                            ]
+                        ]
+                    ]
+                ]
+            },
+            "nested more than 50 levels",
+        ),
+    ],
+)
 def test_what_cannot_be_sent_is_named(value, words):
     with pytest.raises(Unsendable, match=re.escape(words)):
         encode(value)
 
 
-@pytest.mark.parametrize("tree", [
-    {"tensor": ["float32", [2], "AAAA"]},                 # 3 bytes for 8
-    {"tensor": ["object", [1], ""]},                      # no such dtype
-    {"tensor": ["float32", [-1], ""]},                    # a negative size
-    {"pickle": "gASV"},                                   # anything but the known nodes
-    {"list": [1], "tuple": [2]},
-    {"module": [["__main__.X"], {}, {"dict": []}]},       # a module, and nothing to rebuild it with
-])
+@pytest.mark.parametrize(
+    "tree",
+    [
+        {"tensor": ["float32", [2], "AAAA"]},  # 3 bytes for 8
+        {"tensor": ["object", [1], ""]},  # no such dtype
+        {"tensor": ["float32", [-1], ""]},  # a negative size
+        {"pickle": "gASV"},  # anything but the known nodes
+        {"list": [1], "tuple": [2]},
+        {
+            "module": [["__main__.X"], {}, {"dict": []}]
+        },  # a module, and nothing to rebuild it with
+    ],
+)
 def test_the_decoder_rejects_what_encode_never_sends(tree):
     with pytest.raises((ValueError, KeyError)):
         decode(tree)

@@ -1,18 +1,21 @@
-"""Every exercise notebook runs, with nbval (``pytest --nbval-lax``), as a student would run it.
+"""Every exercise notebook runs, with nbval (``pytest --nbval-lax``), as a student would
+run it.
 
-- ``solutions/NN-topic/NN-topic.ipynb``, the instructor's versions, must run from top to bottom
-  without an error: every visible self-check (and the hidden tests, which are in the same cells)
-  passes. Their test cells carry the ``raises-exception`` tag for the release, which nbval reads as
-  "an error here is fine", so the notebooks run from a copy without that tag.
-- ``notebooks/NN-topic/NN-topic.ipynb``, the blank releases, as they are: the setup and the
-  function stubs run; the test cells (tagged ``raises-exception``) fail with
+- ``solutions/NN-topic/NN-topic.ipynb``, the instructor's versions, must run from top to
+  bottom without an error: every visible self-check (and the hidden tests, which are in
+  the same cells) passes. Their test cells carry the ``raises-exception`` tag for the
+  release, which nbval reads as "an error here is fine", so the notebooks run from a
+  copy without that tag.
+- ``notebooks/NN-topic/NN-topic.ipynb``, the blank releases, as they are: the setup and
+  the function stubs run; the test cells (tagged ``raises-exception``) fail with
   ``NotImplementedError`` messages, as they should before a student writes anything.
 
-Each notebook runs in its own ``pytest --nbval-lax`` process (its own kernel, in the notebook's
-folder, with this environment: ``DGM_PROGRESS=0`` from tests/conftest.py, so no progress bars).
-nbval reports a failing cell with its traceback; this test shows that report. A solution notebook
-takes 5-40 s on a 2-core CPU, a blank one a few seconds.
+Each notebook runs in its own ``pytest --nbval-lax`` process (its own kernel, in the
+notebook's folder, with this environment: ``DGM_PROGRESS=0`` from tests/conftest.py, so
+no progress bars). nbval reports a failing cell with its traceback; this test shows that
+report. A solution notebook takes 5-40 s on a 2-core CPU, a blank one a few seconds.
 """
+
 import os
 import subprocess
 import sys
@@ -27,12 +30,29 @@ CELL_TIMEOUT_S = 300  # nbval's own default is 2000 s
 
 
 def nbval(notebook, cwd) -> subprocess.CompletedProcess:
-    """``pytest --nbval-lax notebook`` in a fresh process, outside this repository's pytest set-up."""
-    command = [sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env",
-               f"--nbval-cell-timeout={CELL_TIMEOUT_S}", "-p", "no:cacheprovider", "-q", "--no-header",
-               "-o", "addopts=", "--rootdir", str(cwd), str(notebook)]
+    """``pytest --nbval-lax notebook`` in a fresh process, outside this repository's
+    pytest set-up."""
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "--nbval-lax",
+        "--nbval-current-env",
+        f"--nbval-cell-timeout={CELL_TIMEOUT_S}",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "--no-header",
+        "-o",
+        "addopts=",
+        "--rootdir",
+        str(cwd),
+        str(notebook),
+    ]
     env = {**os.environ, "DGM_PROGRESS": "0"}
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
+    return subprocess.run(
+        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=1200
+    )
 
 
 def without_raises_exception(src, dst):
@@ -52,18 +72,25 @@ def report(done) -> str:
 
 @pytest.mark.parametrize("assignment", assignments())
 def test_solution_notebook_runs_without_an_error(assignment, tmp_path):
-    notebook = without_raises_exception(ROOT / "solutions" / assignment / f"{assignment}.ipynb",
-                                        tmp_path / assignment / f"{assignment}.ipynb")
+    notebook = without_raises_exception(
+        ROOT / "solutions" / assignment / f"{assignment}.ipynb",
+        tmp_path / assignment / f"{assignment}.ipynb",
+    )
     done = nbval(notebook, tmp_path)
-    assert done.returncode == 0 and " passed" in done.stdout, \
+    assert done.returncode == 0 and " passed" in done.stdout, (
         f"solutions/{assignment} does not run cleanly under nbval:\n{report(done)}"
+    )
 
 
 @pytest.mark.parametrize("assignment", assignments())
 def test_released_notebook_runs_with_only_its_test_cells_failing(assignment, tmp_path):
     notebook = tmp_path / assignment / f"{assignment}.ipynb"
     notebook.parent.mkdir()
-    notebook.write_bytes((ROOT / "notebooks" / assignment / f"{assignment}.ipynb").read_bytes())
+    notebook.write_bytes(
+        (ROOT / "notebooks" / assignment / f"{assignment}.ipynb").read_bytes()
+    )
     done = nbval(notebook, tmp_path)
-    assert done.returncode == 0 and " passed" in done.stdout, \
-        f"notebooks/{assignment} fails outside its test cells under nbval:\n{report(done)}"
+    assert done.returncode == 0 and " passed" in done.stdout, (
+        f"notebooks/{assignment} fails outside its test cells under "
+        f"nbval:\n{report(done)}"
+    )

@@ -1,5 +1,6 @@
-"""lib.pixelcnn against independent oracles: brute-force masks, full Jacobians, enumeration of
-every image, torch.distributions.Categorical."""
+"""lib.pixelcnn against independent oracles: brute-force masks, full Jacobians,
+enumeration of every image, torch.distributions.Categorical."""
+
 import itertools
 import math
 
@@ -9,24 +10,41 @@ from torch.autograd.functional import jacobian
 from torch.distributions import Categorical
 
 from lib.data import bits_per_dim
-from lib.pixelcnn import (GatedPixelCNN, MaskedConv2d, PixelCNN, categorical_nll, causal_mask,
-                          dependency_matrix, nll, pretrained, receptive_field, sample)
+from lib.pixelcnn import (
+    GatedPixelCNN,
+    MaskedConv2d,
+    PixelCNN,
+    categorical_nll,
+    causal_mask,
+    dependency_matrix,
+    nll,
+    pretrained,
+    receptive_field,
+    sample,
+)
 
 F64 = torch.float64
 
 
 def raster_jacobian(f, x):
-    """J[i, j] = sum |d f(x)[0, :, pixel i] / d x[0, :, pixel j]|, pixels in raster order (brute force)."""
+    """J[i, j] = sum |d f(x)[0, :, pixel i] / d x[0, :, pixel j]|, pixels in raster
+    order (brute force)."""
     _, C, H, W = x.shape
-    J = jacobian(lambda t: f(t).sum(1), x, vectorize=True)   # (1, H, W, 1, C, H, W)
+    J = jacobian(lambda t: f(t).sum(1), x, vectorize=True)  # (1, H, W, 1, C, H, W)
     return J.abs().sum(4).reshape(H * W, H * W)
 
 
 def model(kind, levels=5, channels=8, layers=3, seed=0, **kwargs):
     torch.manual_seed(seed)
-    net = (PixelCNN if kind == "plain" else GatedPixelCNN)(levels, channels, layers, **kwargs).double().eval()
-    for name, p in net.named_parameters():          # random weights, no biases: every conditional
-        if name.endswith("bias"):                      # depends strongly on the pixels before it
+    net = (
+        (PixelCNN if kind == "plain" else GatedPixelCNN)(
+            levels, channels, layers, **kwargs
+        )
+        .double()
+        .eval()
+    )
+    for name, p in net.named_parameters():  # random weights, no biases: every conditional
+        if name.endswith("bias"):  # depends strongly on the pixels before it
             p.data.zero_()
         else:
             p.data.normal_(0, 0.5)
@@ -41,8 +59,15 @@ def model(kind, levels=5, channels=8, layers=3, seed=0, **kwargs):
 @pytest.mark.parametrize("mask_type", ["A", "B"])
 def test_causal_mask_matches_the_raster_order_definition(k, mask_type):
     c = k // 2
-    expected = torch.tensor([[float(r * k + s < c * k + c or (mask_type == "B" and (r, s) == (c, c)))
-                              for s in range(k)] for r in range(k)])
+    expected = torch.tensor(
+        [
+            [
+                float(r * k + s < c * k + c or (mask_type == "B" and (r, s) == (c, c)))
+                for s in range(k)
+            ]
+            for r in range(k)
+        ]
+    )
     assert torch.equal(causal_mask(k, mask_type), expected)
     assert causal_mask(k, mask_type)[c, c] == (mask_type == "B")
 
@@ -56,9 +81,12 @@ def test_masked_convolution_is_causal_by_input_gradients(mask_type):
     J = raster_jacobian(conv, torch.randn(1, 3, H, W, dtype=F64))
     i, j = torch.meshgrid(torch.arange(H * W), torch.arange(H * W), indexing="ij")
     future = j > i if mask_type == "B" else j >= i
-    assert J[future].abs().max() == 0                       # exactly zero: no information from x_j, j >= i (A)
-    assert (J.diagonal() > 0).all() == (mask_type == "B")   # B sees its own position, A never does
-    # and nothing allowed is masked away: pixels up to 2 rows above / 2 columns aside all count
+    assert J[future].abs().max() == 0  # exactly zero: no information from x_j, j >= i (A)
+    assert (J.diagonal() > 0).all() == (
+        mask_type == "B"
+    )  # B sees its own position, A never does
+    # and nothing allowed is masked away: pixels up to 2 rows above / 2 columns aside
+    # all count
     ri, ci, rj, cj = i // W, i % W, j // W, j % W
     near = ((ri - rj).abs() <= 2) & ((ci - cj).abs() <= 2) & ~future
     assert (J[near] > 0).all()
@@ -74,11 +102,22 @@ def test_every_output_pixel_ignores_itself_and_the_future(kind, conditioning):
     H, W = 6, 5
     extra = {"class": {"n_classes": 3}, "map": {"cond_channels": 2}}.get(conditioning, {})
     net = model(kind, **extra)
-    cond = {"class": torch.tensor([1]), "map": torch.randn(1, 2, 3, 3, dtype=F64), None: None}[conditioning]
+    cond = {
+        "class": torch.tensor([1]),
+        "map": torch.randn(1, 2, 3, 3, dtype=F64),
+        None: None,
+    }[conditioning]
     x = torch.randint(5, (3, 1, H, W), generator=torch.Generator().manual_seed(2))
-    J = sum(raster_jacobian(lambda t: net.features(t, net.cond_map(cond, 1, H, W)), net.embed(x[k])) for k in range(3))
+    J = sum(
+        raster_jacobian(
+            lambda t: net.features(t, net.cond_map(cond, 1, H, W)), net.embed(x[k])
+        )
+        for k in range(3)
+    )
     assert J.triu().abs().max() == 0, "output pixel i depends on an input j >= i"
-    assert (J.tril(-1) > 0).any(1)[1:].all(), "every pixel but the first sees some of its past"
+    assert (J.tril(-1) > 0).any(1)[1:].all(), (
+        "every pixel but the first sees some of its past"
+    )
 
 
 def test_gated_model_has_no_blind_spot_and_the_plain_one_does():
@@ -90,7 +129,8 @@ def test_gated_model_has_no_blind_spot_and_the_plain_one_does():
     assert torch.equal(J_gated > 0, past), "the gated model sees every earlier pixel"
     J_plain = raster_jacobian(plain.features, e)
     assert not (J_plain > 0)[~past].any()
-    # pixel (3, 2) never sees (2, 5): above-right, outside the cone of stacked 3x3 type-B masks
+    # pixel (3, 2) never sees (2, 5): above-right, outside the cone of stacked 3x3
+    # type-B masks
     assert J_plain[3 * W + 2, 2 * W + 5] == 0 and J_gated[3 * W + 2, 2 * W + 5] > 0
     blind = past & ~(J_plain > 0)
     assert blind.sum() > 20
@@ -104,10 +144,12 @@ def test_dependency_matrix_and_receptive_field_agree_with_the_jacobian():
     assert torch.equal(D, raster_jacobian(net.features, e) > 0)
     rf = receptive_field(net, (3, 4), shape=(5, 6))
     x = torch.randint(5, (4, 5, 6), generator=torch.Generator().manual_seed(0))
-    J = sum(raster_jacobian(net.features, net.embed(x[k:k + 1])) for k in range(4))
+    J = sum(raster_jacobian(net.features, net.embed(x[k : k + 1])) for k in range(4))
     assert torch.equal(rf.flatten(), J[3 * 6 + 4] > 0)
     leaky = MaskedConv2d(8, 5, 3, "B").double()
-    assert dependency_matrix(leaky, e).diagonal().all()   # type B in the first layer leaks x_i into its own logits
+    assert (
+        dependency_matrix(leaky, e).diagonal().all()
+    )  # type B in the first layer leaks x_i into its own logits
 
 
 # ----------------------------------------------------------------------------------------
@@ -118,9 +160,13 @@ def test_categorical_nll_matches_torch_distributions():
     g = torch.Generator().manual_seed(1)
     logits = 3 * torch.randn(7, 4, 5, 6, generator=g, dtype=F64)
     x = torch.randint(4, (7, 1, 5, 6), generator=g)
-    expected = -Categorical(logits=logits.permute(0, 2, 3, 1)).log_prob(x[:, 0]).sum((1, 2))
+    expected = (
+        -Categorical(logits=logits.permute(0, 2, 3, 1)).log_prob(x[:, 0]).sum((1, 2))
+    )
     torch.testing.assert_close(categorical_nll(logits, x), expected)
-    torch.testing.assert_close(categorical_nll(logits, x[:, 0].double()), expected)   # whole floats, no channel
+    torch.testing.assert_close(
+        categorical_nll(logits, x[:, 0].double()), expected
+    )  # whole floats, no channel
     assert bits_per_dim(torch.tensor(64 * math.log(2)), 64).item() == pytest.approx(1.0)
 
 
@@ -128,17 +174,27 @@ def test_categorical_nll_matches_torch_distributions():
 def test_log_prob_is_normalised_over_every_image(kind):
     # 3 levels on a 2x2 image: 81 images, whose probabilities must sum to one
     net = model(kind, levels=3, n_classes=2)
-    images = torch.tensor(list(itertools.product(range(3), repeat=4))).reshape(81, 1, 2, 2)
+    images = torch.tensor(list(itertools.product(range(3), repeat=4))).reshape(
+        81, 1, 2, 2
+    )
     for label in (0, 1):
         log_p = net.log_prob(images, torch.full((81,), label))
         assert torch.logsumexp(log_p, 0).item() == pytest.approx(0.0, abs=1e-10)
     zeros = torch.zeros(81, dtype=torch.long)
-    nll_direct = -Categorical(logits=net(images, zeros).permute(0, 2, 3, 1)).log_prob(images[:, 0]).sum((1, 2))
+    nll_direct = (
+        -Categorical(logits=net(images, zeros).permute(0, 2, 3, 1))
+        .log_prob(images[:, 0])
+        .sum((1, 2))
+    )
     torch.testing.assert_close(-net.log_prob(images, zeros), nll_direct)
     loss = net.loss(images, zeros)
     assert loss["loss"].item() == pytest.approx(nll_direct.mean().item())
-    assert loss["bits_per_dim"].item() == pytest.approx(nll_direct.mean().item() / (4 * math.log(2)))
-    assert nll(net, images, zeros, batch_size=20).item() == pytest.approx(nll_direct.mean().item())
+    assert loss["bits_per_dim"].item() == pytest.approx(
+        nll_direct.mean().item() / (4 * math.log(2))
+    )
+    assert nll(net, images, zeros, batch_size=20).item() == pytest.approx(
+        nll_direct.mean().item()
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -150,28 +206,40 @@ def test_log_prob_is_normalised_over_every_image(kind):
 def test_argmax_samples_reproduce_the_models_own_argmax(kind, naive):
     net = model(kind, layers=2, cond_channels=2)
     cond = torch.randn(3, 2, 5, 4, dtype=F64)
-    x = sample(net, 3, (10, 8), cond, argmax=True, naive=naive)   # the receptive field is smaller than the image
+    x = sample(
+        net, 3, (10, 8), cond, argmax=True, naive=naive
+    )  # the receptive field is smaller than the image
     assert x.shape == (3, 1, 10, 8) and x.dtype == torch.long
     assert torch.equal(net(x, cond).argmax(1, keepdim=True), x)
 
 
 def test_samples_follow_the_model_distribution():
-    # every one of the 81 images of a 2x2, 3-level model: sampled frequencies vs exact probabilities
+    # every one of the 81 images of a 2x2, 3-level model: sampled frequencies vs exact
+    # probabilities
     net = model("gated", levels=3, layers=2)
-    images = torch.tensor(list(itertools.product(range(3), repeat=4))).reshape(81, 1, 2, 2)
+    images = torch.tensor(list(itertools.product(range(3), repeat=4))).reshape(
+        81, 1, 2, 2
+    )
     p = net.log_prob(images).exp().detach()
     x = sample(net, 20000, (2, 2), seed=3)
     index = (x.flatten(1) * torch.tensor([27, 9, 3, 1])).sum(1)
     freq = torch.bincount(index, minlength=81).double() / 20000
-    assert 0.5 * (freq - p).abs().sum() < 0.03                        # total variation distance
-    assert torch.equal(sample(net, 500, (2, 2), seed=3), sample(net, 500, (2, 2), seed=3))   # seeded: the same draws
-    assert not torch.equal(sample(net, 500, (2, 2), seed=3), sample(net, 500, (2, 2), seed=4))
+    assert 0.5 * (freq - p).abs().sum() < 0.03  # total variation distance
+    assert torch.equal(
+        sample(net, 500, (2, 2), seed=3), sample(net, 500, (2, 2), seed=3)
+    )  # seeded: the same draws
+    assert not torch.equal(
+        sample(net, 500, (2, 2), seed=3), sample(net, 500, (2, 2), seed=4)
+    )
 
 
 def test_class_conditioning_changes_the_model_and_the_samples():
     net = model("gated", n_classes=3)
     x = torch.randint(5, (4, 1, 4, 4))
-    assert not torch.allclose(net.log_prob(x, torch.zeros(4, dtype=torch.long)), net.log_prob(x, torch.ones(4, dtype=torch.long)))
+    assert not torch.allclose(
+        net.log_prob(x, torch.zeros(4, dtype=torch.long)),
+        net.log_prob(x, torch.ones(4, dtype=torch.long)),
+    )
     y = torch.tensor([0, 1, 2, 0])
     s = net.sample(4, (4, 4), y, argmax=True)
     assert torch.equal(s[0], s[3]) and torch.equal(net(s, y).argmax(1, keepdim=True), s)
@@ -203,9 +271,13 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match="labels in 0..1"):
         cond_net.log_prob(torch.zeros(2, 1, 3, 3), torch.tensor([0, 2]))
     with pytest.raises(ValueError, match=r"cond must have shape \(2, 3, h, w\)"):
-        GatedPixelCNN(4, 8, 2, cond_channels=3).log_prob(torch.zeros(2, 1, 3, 3), torch.zeros(2, 1, 3, 3))
+        GatedPixelCNN(4, 8, 2, cond_channels=3).log_prob(
+            torch.zeros(2, 1, 3, 3), torch.zeros(2, 1, 3, 3)
+        )
     with pytest.raises(ValueError, match="x must have shape"):
-        categorical_nll(torch.zeros(2, 4, 3, 3), torch.zeros(2, 1, 3, 4, dtype=torch.long))
+        categorical_nll(
+            torch.zeros(2, 4, 3, 3), torch.zeros(2, 1, 3, 4, dtype=torch.long)
+        )
     with pytest.raises(ValueError, match="shape must be"):
         sample(net, 2, 8)
     with pytest.raises(ValueError, match="pixel must lie"):
@@ -216,16 +288,22 @@ def test_bad_input_is_named():
 # The book's checkpoints
 
 
-@pytest.mark.parametrize("name, levels, goal", [("digits17", 17, 86.5), ("digits2", 2, None)])
+@pytest.mark.parametrize(
+    "name, levels, goal", [("digits17", 17, 86.5), ("digits2", 2, None)]
+)
 def test_pretrained_digits_models_load_and_reach_their_goal(name, levels, goal):
     from lib.data import digits
 
     model_, history = pretrained(name)
     assert model_.levels == levels and not model_.training
-    assert history["train"].dim() == 1 and len(history["train"]) == len(history["val"]) == len(history["step"])
+    assert history["train"].dim() == 1 and len(history["train"]) == len(
+        history["val"]
+    ) == len(history["step"])
     x, _ = digits("test", binarize=levels == 2)
     test_nll = nll(model_, x).item()
-    assert test_nll < (goal if goal else 64 * math.log(2))   # beats intro_dgm's ARM / beats coin flips
+    assert test_nll < (
+        goal if goal else 64 * math.log(2)
+    )  # beats intro_dgm's ARM / beats coin flips
 
 
 # ----------------------------------------------------------------------------------------
@@ -235,7 +313,9 @@ def test_pretrained_digits_models_load_and_reach_their_goal(name, levels, goal):
 @pytest.mark.gpu
 @pytest.mark.parametrize("kind", ["plain", "gated"])
 def test_cuda_matches_cpu(kind, monkeypatch):
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)   # full float32 convolutions, like the CPU
+    monkeypatch.setattr(
+        torch.backends.cudnn, "allow_tf32", False
+    )  # full float32 convolutions, like the CPU
     cuda = torch.device("cuda")
     net = model(kind, layers=3, n_classes=3).float()
     x = torch.randint(5, (16, 1, 8, 8))
@@ -252,7 +332,9 @@ def test_cuda_matches_cpu(kind, monkeypatch):
     for p, g in zip(gpu.parameters(), cpu_grads):
         torch.testing.assert_close(p.grad.cpu(), g, rtol=1e-3, atol=1e-3)
     s = sample(gpu, 8, (6, 6), y[:8].to(cuda), argmax=True)
-    assert s.device.type == "cuda" and torch.equal(gpu(s, y[:8].to(cuda)).argmax(1, keepdim=True), s)
+    assert s.device.type == "cuda" and torch.equal(
+        gpu(s, y[:8].to(cuda)).argmax(1, keepdim=True), s
+    )
     random_draw = sample(gpu, 8, (6, 6), y[:8].to(cuda), seed=0)
     assert torch.equal(random_draw, sample(gpu, 8, (6, 6), y[:8].to(cuda), seed=0))
 
@@ -265,11 +347,14 @@ def test_pretrained_model_on_cuda_matches_cpu(monkeypatch):
     x, _ = digits("test")
     cpu_model, _ = pretrained("digits17")
     gpu_model, _ = pretrained("digits17", device=torch.device("cuda"))
-    assert nll(gpu_model, x.cuda()).item() == pytest.approx(nll(cpu_model, x).item(), rel=1e-4)
+    assert nll(gpu_model, x.cuda()).item() == pytest.approx(
+        nll(cpu_model, x).item(), rel=1e-4
+    )
 
 
 def test_causal_mask_channels_orders_the_colours_at_the_centre_tap():
     from lib.pixelcnn import causal_mask, causal_mask_channels
+
     for kind in ("A", "B"):
         m = causal_mask_channels(3, kind, 6, 9)
         assert m.shape == (9, 6, 3, 3)
@@ -277,8 +362,8 @@ def test_causal_mask_channels_orders_the_colours_at_the_centre_tap():
         off_centre[1, 1] = 0
         centre_free = m.clone()
         centre_free[:, :, 1, 1] = 0
-        assert (centre_free == off_centre).all()            # the spatial part is the 2-D mask
-        groups = m[:, :, 1, 1].reshape(3, 3, 3, 2).amax((1, 3))   # (out colour, in colour)
+        assert (centre_free == off_centre).all()  # the spatial part is the 2-D mask
+        groups = m[:, :, 1, 1].reshape(3, 3, 3, 2).amax((1, 3))  # (out colour, in colour)
         expected = torch.tril(torch.ones(3, 3), diagonal=-1 if kind == "A" else 0)
         assert (groups == expected).all()
     assert (causal_mask_channels(5, "B", 4, 4, colors=1) == causal_mask(5, "B")).all()

@@ -1,23 +1,25 @@
-"""The chapter pages' prose: every number an experiment on the page computes is glued in from the
-code that computes it (myst-nb's ``{glue:text}``), never typed by hand.
+"""The chapter pages' prose: every number an experiment on the page computes is glued in
+from the code that computes it (myst-nb's ``{glue:text}``), never typed by hand.
 
 Two kinds of check:
 
-* on the sources (no build needed): every chapter page glues numbers into its prose and asserts
-  the comparisons its prose makes, and every ``{glue:text}`key``` it uses is glued by one of its
-  own code cells;
-* on the built book (``make test`` builds it first, like tests/test_book.py): no number that a
-  page's executed cells print in a table (its results table and the other measured tables)
-  appears typed in that page's prose. A typed copy is a sentence that a retrain can make false.
+* on the sources (no build needed): every chapter page glues numbers into its prose and
+  asserts the comparisons its prose makes, and every ``{glue:text}`key``` it uses is
+  glued by one of its own code cells;
+* on the built book (``make test`` builds it first, like tests/test_book.py): no number
+  that a page's executed cells print in a table (its results table and the other
+  measured tables) appears typed in that page's prose. A typed copy is a sentence that a
+  retrain can make false.
 
-A number in the prose counts as a copy of a table entry when it is the entry rounded to the
-digits the prose shows: "0.74" copies 0.7412 and "4.5" copies 4.50. Only numbers with at least
-two significant digits, and percentages of at least 10 %, are compared (a lone "2" or "0.5"
-says too little to be a copy). A number that is also typed as a literal in one of the page's code
-cells is a setting of the experiment (a learning rate, beta = 0.25), not a result, and may be
-typed. Set DGM_BOOK_HTML to a folder of other builds (single-page builds included) to check
-those instead of _build/html.
+A number in the prose counts as a copy of a table entry when it is the entry rounded to
+the digits the prose shows: "0.74" copies 0.7412 and "4.5" copies 4.50. Only numbers
+with at least two significant digits, and percentages of at least 10 %, are compared (a
+lone "2" or "0.5" says too little to be a copy). A number that is also typed as a
+literal in one of the page's code cells is a setting of the experiment (a learning rate,
+beta = 0.25), not a result, and may be typed. Set DGM_BOOK_HTML to a folder of other
+builds (single-page builds included) to check those instead of _build/html.
 """
+
 import os
 import re
 from decimal import Decimal
@@ -36,12 +38,12 @@ GLUED = re.compile(r"""\bglue\(\s*(?:f?["'])([^"']+)["']""")
 NOT_PROSE = [
     GLUE_ROLE,
     re.compile(r"\{(?:eq|cite|cite:p|cite:t|numref|ref|doc|download)\}`[^`]*`"),
-    re.compile(r"\]\([^)]*\)"),                 # link targets
-    re.compile(r"^\(\S+\)=\s*$", re.M),         # (label)=
-    re.compile(r"\$\$\s*\(eq-[^)]*\)"),          # $$ (eq-label)
-    re.compile(r"^:[\w-]+:.*$", re.M),           # directive options (:class:, :label:)
+    re.compile(r"\]\([^)]*\)"),  # link targets
+    re.compile(r"^\(\S+\)=\s*$", re.M),  # (label)=
+    re.compile(r"\$\$\s*\(eq-[^)]*\)"),  # $$ (eq-label)
+    re.compile(r"^:[\w-]+:.*$", re.M),  # directive options (:class:, :label:)
     re.compile(r"<!--.*?-->", re.S),
-    re.compile(r"`[^`\n]*`"),                    # inline code (names, not numbers)
+    re.compile(r"`[^`\n]*`"),  # inline code (names, not numbers)
 ]
 DECIMAL = re.compile(r"(?<![\w.])(\d+\.\d+)(?![\w.])")
 PERCENT = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)\s*(?:\\?%|\\,\\%)")
@@ -49,8 +51,10 @@ PERCENT = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)\s*(?:\\?%|\\,\\%)")
 
 def cells(page: Path):
     nb = jupytext.read(page)
-    return ([c.source for c in nb.cells if c.cell_type == "markdown"],
-            [c.source for c in nb.cells if c.cell_type == "code"])
+    return (
+        [c.source for c in nb.cells if c.cell_type == "markdown"],
+        [c.source for c in nb.cells if c.cell_type == "code"],
+    )
 
 
 def prose(page: Path) -> str:
@@ -75,7 +79,8 @@ def prose_numbers(page: Path) -> set[tuple[str, str]]:
 
 
 class _OutputTables(HTMLParser):
-    """Text of the table cells inside executed cell outputs (not the prose's own tables)."""
+    """Text of the table cells inside executed cell outputs (not the prose's own
+    tables)."""
 
     def __init__(self):
         super().__init__()
@@ -103,7 +108,11 @@ class _OutputTables(HTMLParser):
 def table_numbers(html: str) -> list[str]:
     parser = _OutputTables()
     parser.feed(html)
-    return [n for cell in parser.cells for n in re.findall(r"\d+(?:\.\d+)?(?:e[-+]?\d+)?", cell)]
+    return [
+        n
+        for cell in parser.cells
+        for n in re.findall(r"\d+(?:\.\d+)?(?:e[-+]?\d+)?", cell)
+    ]
 
 
 def _rounds_to(value: Decimal, x: Decimal, exponent: int) -> bool:
@@ -114,7 +123,8 @@ def _rounds_to(value: Decimal, x: Decimal, exponent: int) -> bool:
 
 
 def copies(page_numbers: set[tuple[str, str]], table: list[str]) -> list[str]:
-    """The prose numbers that equal a table entry rounded to the digits the prose shows."""
+    """The prose numbers that equal a table entry rounded to the digits the prose
+    shows."""
     values = []
     for t in table:
         try:
@@ -143,7 +153,10 @@ def built_html(stem: str) -> str:
         return hits[0].read_text()
     path = ROOT / "_build" / "html" / "book" / f"{stem}.html"
     if not path.exists():
-        pytest.fail("_build/html is missing: `make test` builds the book first (or run `make book`)")
+        pytest.fail(
+            "_build/html is missing: `make test` builds the book first (or run `make "
+            "book`)"
+        )
     return path.read_text()
 
 
@@ -157,13 +170,26 @@ def test_every_chapter_glues_its_numbers_and_asserts_its_comparisons(page):
     used = set(GLUE_ROLE.findall("\n".join(markdown)))
     defined = set(GLUED.findall("\n".join(code)))
     assert used, f"{page.name}: its prose glues no number ({{glue:text}}`key`)"
-    # an f-string key (glue(f"gap_{name}", ...)) matches any key with text in place of {name}
-    patterns = [re.compile("".join(".+" if part.startswith("{") else re.escape(part)
-                                   for part in re.split(r"(\{[^}]*\})", key)) + "$")
-                for key in defined]
-    missing = sorted(k for k in {key.split(":")[0] for key in used}
-                     if not any(p.match(k) for p in patterns))
-    assert not missing, f"{page.name}: the prose uses glue keys no code cell glues: {missing}"
+    # an f-string key (glue(f"gap_{name}", ...)) matches any key with text in place of
+    # {name}
+    patterns = [
+        re.compile(
+            "".join(
+                ".+" if part.startswith("{") else re.escape(part)
+                for part in re.split(r"(\{[^}]*\})", key)
+            )
+            + "$"
+        )
+        for key in defined
+    ]
+    missing = sorted(
+        k
+        for k in {key.split(":")[0] for key in used}
+        if not any(p.match(k) for p in patterns)
+    )
+    assert not missing, (
+        f"{page.name}: the prose uses glue keys no code cell glues: {missing}"
+    )
     asserts = sum(bool(re.search(r"^\s*assert\b", c, re.M)) for c in code)
     assert asserts, f"{page.name}: no code cell asserts the comparisons its prose draws"
 
@@ -173,18 +199,27 @@ def test_prose_has_no_typed_copy_of_a_table_number(page):
     typed = copies(prose_numbers(page), table_numbers(built_html(page.stem)))
     assert not typed, (
         f"{page.name}: the prose types numbers that its executed tables print: {typed}. "
-        "Glue them from the cell that computes them (myst_nb.glue + {glue:text}`key:.2f`).")
+        "Glue them from the cell that computes them (myst_nb.glue + "
+        "{glue:text}`key:.2f`)."
+    )
 
 
 def test_the_checker_catches_a_typed_copy(tmp_path):
-    """Positive control: a rounded copy is flagged; settings and one-digit numbers are not compared."""
-    html = ('<div class="cell_output docutils container"><table><tr><td>gap</td>'
-            '<td>0.7412</td><td>80</td></tr></table></div><table><tr><td>0.33</td></tr></table>')
+    """Positive control: a rounded copy is flagged; settings and one-digit numbers are
+    not compared."""
+    html = (
+        '<div class="cell_output docutils container"><table><tr><td>gap</td>'
+        "<td>0.7412</td><td>80</td></tr></table></div><table><tr><td>0.33</td></tr></table>"
+    )
     table = table_numbers(html)
     assert table == ["0.7412", "80"]
-    assert copies({("decimal", "0.74"), ("decimal", "0.33"), ("percent", "80")}, table) == ["0.74", "80 %"]
+    assert copies(
+        {("decimal", "0.74"), ("decimal", "0.33"), ("percent", "80")}, table
+    ) == ["0.74", "80 %"]
     assert copies({("decimal", "0.75"), ("percent", "81")}, table) == []
     page = tmp_path / "00-demo.md"
-    page.write_text("The gap is 0.74 nats, the rate 0.02, the floor 0.5, and 81 % of it.\n\n"
-                    "```{code-cell} ipython3\nfit(lr=0.02)\n```\n")
+    page.write_text(
+        "The gap is 0.74 nats, the rate 0.02, the floor 0.5, and 81 % of it.\n\n"
+        "```{code-cell} ipython3\nfit(lr=0.02)\n```\n"
+    )
     assert prose_numbers(page) == {("decimal", "0.74"), ("percent", "81")}

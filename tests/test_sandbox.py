@@ -1,11 +1,14 @@
-"""The grading kernel's isolation between students (course.sandbox), tried with the attack it stops.
+"""The grading kernel's isolation between students (course.sandbox), tried with the
+attack it stops.
 
-Two kernels graded at the same time (``autograde --jobs 2``) must not be able to starve each
-other. The process limit (RLIMIT_NPROC) counts every process and thread of a user id; when all
-kernels ran as one user, a submission that spawned threads up to its own limit left a kernel
-started just before it unable to start a single thread, and that student's whole grading run
-failed. Each kernel now has a user id of its own (`course.sandbox.kernel_uid`).
+Two kernels graded at the same time (``autograde --jobs 2``) must not be able to starve
+each other. The process limit (RLIMIT_NPROC) counts every process and thread of a user
+id; when all kernels ran as one user, a submission that spawned threads up to its own
+limit left a kernel started just before it unable to start a single thread, and that
+student's whole grading run failed. Each kernel now has a user id of its own
+(`course.sandbox.kernel_uid`).
 """
+
 import os
 
 import pytest
@@ -15,7 +18,9 @@ from course import sandbox
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not sandbox.isolated(), reason="kernels are isolated only when grading as root"),
+    pytest.mark.skipif(
+        not sandbox.isolated(), reason="kernels are isolated only when grading as root"
+    ),
 ]
 
 HOLD_EVERY_THREAD = """
@@ -59,19 +64,27 @@ def run(client, code: str) -> str:
     return "".join(printed).strip()
 
 
-def test_a_kernel_that_holds_every_thread_it_may_does_not_starve_the_next(tmp_path, monkeypatch):
+def test_a_kernel_that_holds_every_thread_it_may_does_not_starve_the_next(
+    tmp_path, monkeypatch
+):
     sandbox.prepare()
     monkeypatch.setenv("DGM_COURSE_ROOT", str(tmp_path))
     kernels = []
     try:
-        for _ in range(2):  # the victim is started first: the limit used to be counted from then
-            kernels.append(start_new_kernel(kernel_name=sandbox.KERNEL_NAME, cwd=str(tmp_path)))
+        for _ in range(
+            2
+        ):  # the victim is started first: the limit used to be counted from then
+            kernels.append(
+                start_new_kernel(kernel_name=sandbox.KERNEL_NAME, cwd=str(tmp_path))
+            )
         (_, victim), (_, hostile) = kernels
         held = int(run(hostile, HOLD_EVERY_THREAD))
         assert held >= 2 * sandbox.PROCESSES, "the hostile kernel reached its own limit"
         uid, said = run(victim, START_THREADS).split(" ", 1)
         assert said == "started 8 threads"
-        assert int(uid) != int(run(hostile, "import os; print(os.getuid())")) != os.getuid()
+        assert (
+            int(uid) != int(run(hostile, "import os; print(os.getuid())")) != os.getuid()
+        )
     finally:
         for manager, client in kernels:
             client.stop_channels()

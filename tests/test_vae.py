@@ -1,5 +1,6 @@
-"""lib.vae against independent oracles: torch.distributions, the closed-form linear-Gaussian
-model of chapter 03 (lib.elbo's PPCA formulas), brute-force sums."""
+"""lib.vae against independent oracles: torch.distributions, the closed-form
+linear-Gaussian model of chapter 03 (lib.elbo's PPCA formulas), brute-force sums."""
+
 import math
 
 import pytest
@@ -10,9 +11,23 @@ from torch.distributions import Bernoulli, Categorical, Independent, Normal, kl_
 from lib.data import digits
 from lib.elbo import ppca_elbo, ppca_log_marginal
 from lib.train import fit, fit_early_stopping
-from lib.vae import (CHECKPOINT_DIR, CHECKPOINTS, CVAE, REFERENCE_MODELS, VAE, Autoencoder, GaussianDecoder,
-                     elbo_terms, gaussian_kl_to_standard, log_likelihood_is,
-                     neg_elbo, reference_data, reference_model, reparameterize, validation_neg_elbo)
+from lib.vae import (
+    CHECKPOINT_DIR,
+    CHECKPOINTS,
+    CVAE,
+    REFERENCE_MODELS,
+    VAE,
+    Autoencoder,
+    GaussianDecoder,
+    elbo_terms,
+    gaussian_kl_to_standard,
+    log_likelihood_is,
+    neg_elbo,
+    reference_data,
+    reference_model,
+    reparameterize,
+    validation_neg_elbo,
+)
 
 F64 = torch.float64
 
@@ -25,7 +40,10 @@ def test_gaussian_kl_matches_torch_distributions():
     g = torch.Generator().manual_seed(0)
     mu = 2 * torch.randn(5, 7, generator=g, dtype=F64)
     logvar = 3 * torch.randn(5, 7, generator=g, dtype=F64)
-    expected = kl_divergence(Normal(mu, (0.5 * logvar).exp()), Normal(torch.zeros_like(mu), torch.ones_like(mu)))
+    expected = kl_divergence(
+        Normal(mu, (0.5 * logvar).exp()),
+        Normal(torch.zeros_like(mu), torch.ones_like(mu)),
+    )
     got = gaussian_kl_to_standard(mu, logvar)
     assert got.shape == (5, 7)
     assert torch.allclose(got, expected, rtol=1e-10, atol=1e-12)
@@ -39,9 +57,12 @@ def test_reparameterize_moments_and_exact_gradients():
     z = reparameterize(mu, logvar, 200_000, generator=g)
     assert z.shape == (200_000, 3)
     var = logvar.detach().exp()
-    assert torch.allclose(z.mean(0), mu.detach(), atol=4 * (var / 200_000).sqrt().max().item())
+    assert torch.allclose(
+        z.mean(0), mu.detach(), atol=4 * (var / 200_000).sqrt().max().item()
+    )
     assert torch.allclose(z.var(0), var, rtol=0.02)
-    # z is a differentiable function of (mu, logvar): dz/dmu = 1, dz/dlogvar = (z - mu) / 2
+    # z is a differentiable function of (mu, logvar): dz/dmu = 1, dz/dlogvar = (z - mu)
+    # / 2
     grad_mu, grad_logvar = torch.autograd.grad(z.sum(), (mu, logvar))
     assert torch.allclose(grad_mu, torch.full_like(grad_mu, 200_000.0))
     assert torch.allclose(grad_logvar, 0.5 * (z - mu).sum(0).detach())
@@ -61,21 +82,27 @@ def test_reparameterize_is_repeatable_with_a_generator():
 def test_decoders_log_prob_against_brute_force():
     x_bin = digits("test", binarize=True)[0][:6]
     x_lev = digits("test")[0][:6]
-    z = torch.randn(3, 6, 4, generator=torch.Generator().manual_seed(2))      # 3 samples for each of 6 images
+    z = torch.randn(
+        3, 6, 4, generator=torch.Generator().manual_seed(2)
+    )  # 3 samples for each of 6 images
     bern = VAE("bernoulli", latent_dim=4, hidden=32, seed=1)
     logits = bern.decoder.net(z.reshape(-1, 4)).reshape(3, 6, 64)
     expected = Bernoulli(logits=logits).log_prob(x_bin.flatten(1)).sum(-1)
     assert torch.allclose(bern.log_px_given_z(x_bin, z), expected, atol=1e-4)
     cat = VAE("categorical", latent_dim=4, hidden=32, seed=1)
     logits = cat.decoder.net(z.reshape(-1, 4)).reshape(3, 6, 64, 17)
-    log_probs = logits.log_softmax(-1).gather(-1, x_lev.flatten(1).long().expand(3, 6, 64)[..., None])[..., 0]
+    log_probs = logits.log_softmax(-1).gather(
+        -1, x_lev.flatten(1).long().expand(3, 6, 64)[..., None]
+    )[..., 0]
     assert torch.allclose(cat.log_px_given_z(x_lev, z), log_probs.sum(-1), atol=1e-4)
     by_distributions = Categorical(logits=logits).log_prob(x_lev.flatten(1)).sum(-1)
     assert torch.allclose(cat.log_px_given_z(x_lev, z), by_distributions, atol=1e-4)
     gauss = VAE("gaussian", latent_dim=4, hidden=32, std=0.3, seed=1)
     means = gauss.decoder.net(z.reshape(-1, 4)).reshape(3, 6, 64)
     y = x_lev.flatten(1) / 16
-    expected = -((y - means) ** 2).sum(-1) / (2 * 0.3 ** 2) - 64 * math.log(0.3 * math.sqrt(2 * math.pi))
+    expected = -((y - means) ** 2).sum(-1) / (2 * 0.3**2) - 64 * math.log(
+        0.3 * math.sqrt(2 * math.pi)
+    )
     assert torch.allclose(gauss.log_px_given_z(x_lev / 16, z), expected, atol=1e-3)
 
 
@@ -87,7 +114,9 @@ def test_vae_loss_samples_and_gradients(likelihood, arch):
         x = x / 16
     model = VAE(likelihood, arch=arch, latent_dim=3, hidden=32, channels=4, seed=0)
     terms = model.loss(x)
-    assert set(terms) == {"loss", "rec", "kl"} and all(v.dim() == 0 for v in terms.values())
+    assert set(terms) == {"loss", "rec", "kl"} and all(
+        v.dim() == 0 for v in terms.values()
+    )
     assert torch.isclose(terms["loss"], terms["rec"] + terms["kl"])
     terms["loss"].backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
@@ -96,7 +125,11 @@ def test_vae_loss_samples_and_gradients(likelihood, arch):
     if likelihood == "bernoulli":
         assert set(samples.unique().tolist()) <= {0.0, 1.0}
     if likelihood == "categorical":
-        assert samples.min() >= 0 and samples.max() <= 16 and torch.equal(samples, samples.round())
+        assert (
+            samples.min() >= 0
+            and samples.max() <= 16
+            and torch.equal(samples, samples.round())
+        )
         means = model.sample(7, mean=True)
         assert means.min() >= 0 and means.max() <= 16
     assert model.reconstruct(x).shape == x.shape
@@ -109,10 +142,16 @@ def test_kl_term_equals_torch_distributions_and_rec_is_one_sample():
     mu, logvar = model.encode(x)
     q = Independent(Normal(mu, (0.5 * logvar).exp()), 1)
     p = Independent(Normal(torch.zeros_like(mu), torch.ones_like(mu)), 1)
-    assert kl.shape == (10, 5) and torch.allclose(kl.sum(-1), kl_divergence(q, p), atol=1e-5)
-    z = mu + (0.5 * logvar).exp() * torch.randn(1, 10, 5, generator=torch.Generator().manual_seed(0))
+    assert kl.shape == (10, 5) and torch.allclose(
+        kl.sum(-1), kl_divergence(q, p), atol=1e-5
+    )
+    z = mu + (0.5 * logvar).exp() * torch.randn(
+        1, 10, 5, generator=torch.Generator().manual_seed(0)
+    )
     logits = model.decoder.net(z[0])
-    assert torch.allclose(rec, -Bernoulli(logits=logits).log_prob(x.flatten(1)).sum(-1), atol=1e-4)
+    assert torch.allclose(
+        rec, -Bernoulli(logits=logits).log_prob(x.flatten(1)).sum(-1), atol=1e-4
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -120,39 +159,51 @@ def test_kl_term_equals_torch_distributions_and_rec_is_one_sample():
 
 
 class LinearEncoder(nn.Module):
-    """q(z | x) = N(A x + c, diag exp(logvar)): the interface a custom encoder must follow."""
+    """q(z | x) = N(A x + c, diag exp(logvar)): the interface a custom encoder must
+    follow."""
 
     def __init__(self, A, c, logvar):
         super().__init__()
-        self.A, self.c, self.logvar = nn.Parameter(A), nn.Parameter(c), nn.Parameter(logvar)
+        self.A, self.c, self.logvar = (
+            nn.Parameter(A),
+            nn.Parameter(c),
+            nn.Parameter(logvar),
+        )
 
     def forward(self, x, context=None):
         return x @ self.A.T + self.c, self.logvar.expand(len(x), -1)
 
 
 def linear_gaussian_vae(d=5, q_dim=2, seed=0, sigma=0.7):
-    """PPCA decoder N(W z + b, sigma^2 I) and a linear encoder near the exact posterior."""
+    """PPCA decoder N(W z + b, sigma^2 I) and a linear encoder near the exact
+    posterior."""
     g = torch.Generator().manual_seed(seed)
     W = torch.randn(d, q_dim, generator=g, dtype=F64)
     b = torch.randn(d, generator=g, dtype=F64)
-    M = W.T @ W + sigma ** 2 * torch.eye(q_dim, dtype=F64)
-    A = torch.linalg.solve(M, W.T)                                         # posterior mean map
-    post_var = (sigma ** 2 * torch.linalg.inv(M)).diagonal()
-    encoder = LinearEncoder(A, -A @ b, (1.3 * post_var).log())             # a slightly too wide q
+    M = W.T @ W + sigma**2 * torch.eye(q_dim, dtype=F64)
+    A = torch.linalg.solve(M, W.T)  # posterior mean map
+    post_var = (sigma**2 * torch.linalg.inv(M)).diagonal()
+    encoder = LinearEncoder(A, -A @ b, (1.3 * post_var).log())  # a slightly too wide q
     net = nn.Linear(q_dim, d).double()
     with torch.no_grad():
         net.weight.copy_(W)
         net.bias.copy_(b)
     decoder = GaussianDecoder(net, std=sigma, event_shape=(d,))
     model = VAE(encoder=encoder, decoder=decoder, latent_dim=q_dim)
-    x = (torch.randn(40, q_dim, generator=g, dtype=F64) @ W.T + b + sigma * torch.randn(40, d, generator=g, dtype=F64))
-    return model, x, (W, b, sigma ** 2)
+    x = (
+        torch.randn(40, q_dim, generator=g, dtype=F64) @ W.T
+        + b
+        + sigma * torch.randn(40, d, generator=g, dtype=F64)
+    )
+    return model, x, (W, b, sigma**2)
 
 
 def test_neg_elbo_matches_the_closed_form_elbo_of_a_linear_gaussian_vae():
     model, x, (W, b, sigma2) = linear_gaussian_vae()
     with torch.no_grad():
-        estimate = neg_elbo(model, x, samples=4000, generator=torch.Generator().manual_seed(0))
+        estimate = neg_elbo(
+            model, x, samples=4000, generator=torch.Generator().manual_seed(0)
+        )
         mu, logvar = model.encode(x)
     exact = -ppca_elbo(x, W, b, sigma2, mu, torch.diag(logvar[0].exp()))
     assert estimate.shape == (40,)
@@ -169,7 +220,7 @@ def test_log_likelihood_is_matches_the_exact_log_marginal():
     with torch.no_grad():
         mu, logvar = model.encode(x)
     elbo = ppca_elbo(x, W, b, sigma2, mu, torch.diag(logvar[0].exp()))
-    assert (elbo < exact).all()                          # the bound has a gap, which IS closes
+    assert (elbo < exact).all()  # the bound has a gap, which IS closes
     assert error.mean() < 0.3 * (exact - elbo).mean()
 
 
@@ -178,9 +229,15 @@ def test_log_likelihood_is_tightens_with_K_and_is_repeatable():
     with torch.no_grad():  # a poor encoder makes the IS gap visible
         model.encoder.logvar.fill_(-3.0)
     exact = ppca_log_marginal(x, W, b, sigma2).mean()
-    lower = [log_likelihood_is(model, x, K=K, seed=s).mean() for K, s in ((1, 0), (10, 1), (1000, 2))]
+    lower = [
+        log_likelihood_is(model, x, K=K, seed=s).mean()
+        for K, s in ((1, 0), (10, 1), (1000, 2))
+    ]
     assert lower[0] < lower[1] < lower[2] < exact + 0.01
-    assert torch.equal(log_likelihood_is(model, x, K=20, seed=4), log_likelihood_is(model, x, K=20, seed=4))
+    assert torch.equal(
+        log_likelihood_is(model, x, K=20, seed=4),
+        log_likelihood_is(model, x, K=20, seed=4),
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -195,7 +252,9 @@ def test_cvae_conditions_on_labels():
     assert model.sample(4).shape == (40, 1, 8, 8)
     z = torch.zeros(2, 3)
     a, b = model.decode(z, torch.tensor([1, 7])), model.decode(z, torch.tensor([7, 7]))
-    assert not torch.allclose(a[0], b[0]) and torch.allclose(a[1], b[1])  # the label changes the image
+    assert not torch.allclose(a[0], b[0]) and torch.allclose(
+        a[1], b[1]
+    )  # the label changes the image
     assert log_likelihood_is(model, x[:5], y[:5], K=10).shape == (5,)
     with pytest.raises(ValueError, match="labels must lie in 0..9"):
         model.loss(x[:2], torch.tensor([0, 10]))
@@ -205,7 +264,7 @@ def test_autoencoder_has_no_noise_and_no_kl():
     x = digits("train", binarize=True)[0][:10]
     ae = Autoencoder("bernoulli", latent_dim=2, hidden=32, seed=0)
     first, second = ae.loss(x), ae.loss(x)
-    assert torch.equal(first["loss"], second["loss"])                   # deterministic
+    assert torch.equal(first["loss"], second["loss"])  # deterministic
     mu, _ = ae.encode(x)
     assert torch.allclose(first["loss"], -ae.log_px_given_z(x, mu).mean())
 
@@ -214,11 +273,12 @@ def test_training_is_deterministic_and_beats_independent_pixels():
     x_train, x_test = digits("train", binarize=True)[0], digits("test", binarize=True)[0]
     runs = []
     for _ in range(2):
-        torch.manual_seed(0)                             # the reparameterisation noise
+        torch.manual_seed(0)  # the reparameterisation noise
         model = VAE("bernoulli", latent_dim=8, hidden=64, seed=0)
         runs.append(fit(model, x_train, steps=20, seed=0)["loss"])
     assert torch.equal(runs[0], runs[1])
-    # the best model with independent pixels: Bernoulli marginals fitted on the training set
+    # the best model with independent pixels: Bernoulli marginals fitted on the training
+    # set
     p = x_train.flatten(1).mean(0).clamp(1e-3, 1 - 1e-3)
     independent = -Bernoulli(probs=p).log_prob(x_test.flatten(1)).sum(-1).mean()
     fit(model, x_train, steps=250, lr=3e-3, seed=1)
@@ -230,10 +290,14 @@ def test_early_stopping_keeps_the_best_weights():
     x_train, x_val = digits("train", binarize=True)[0], digits("val", binarize=True)[0]
     torch.manual_seed(0)
     model = VAE("bernoulli", latent_dim=4, hidden=32, seed=0)
-    history = fit_early_stopping(model, (x_train,), (x_val,), validation_neg_elbo, steps=300, every=100, lr=3e-3)
+    history = fit_early_stopping(
+        model, (x_train,), (x_val,), validation_neg_elbo, steps=300, every=100, lr=3e-3
+    )
     assert history["step"].tolist() == [100, 200, 300]
     with torch.no_grad():
-        assert validation_neg_elbo(model, x_val).item() == pytest.approx(history["val"].min().item(), abs=1e-4)
+        assert validation_neg_elbo(model, x_val).item() == pytest.approx(
+            history["val"].min().item(), abs=1e-4
+        )
 
 
 # ----------------------------------------------------------------------------------------
@@ -243,10 +307,12 @@ def test_early_stopping_keeps_the_best_weights():
 def test_checkpoints_are_small_and_complete():
     for file in CHECKPOINTS.values():
         path = CHECKPOINT_DIR / file
-        assert path.stat().st_size < 2 * 2 ** 20, f"{file} is larger than 2 MB"
+        assert path.stat().st_size < 2 * 2**20, f"{file} is larger than 2 MB"
         torch.load(path, weights_only=True)
     for name in REFERENCE_MODELS:
-        model, history = reference_model(name, train_if_missing=False)   # strict load of every state_dict
+        model, history = reference_model(
+            name, train_if_missing=False
+        )  # strict load of every state_dict
         assert not model.training and set(history) == {"step", "train", "val"}
 
 
@@ -254,7 +320,10 @@ def test_committed_models_reach_the_books_numbers():
     # the categorical VAE beats intro_dgm's test -ELBO of 96.8 nats (Tomczak 2022), and a
     # 20-sample importance-weighted bound sits above the ELBO
     g = torch.Generator().manual_seed(0)
-    for name, kind, below in (("categorical", "levels", 92.0), ("bernoulli", "binary", 19.5)):
+    for name, kind, below in (
+        ("categorical", "levels", 92.0),
+        ("bernoulli", "binary", 19.5),
+    ):
         model, _ = reference_model(name, train_if_missing=False)
         x = reference_data(kind, "test")[0]
         with torch.no_grad():
@@ -283,7 +352,9 @@ def test_bad_inputs_get_clear_errors():
         log_likelihood_is(VAE(hidden=8), torch.zeros(2, 1, 8, 8), K=0)
     with pytest.raises(TypeError, match="1-D long tensor"):
         CVAE(hidden=8).loss(torch.zeros(2, 1, 8, 8), torch.zeros(2))
-    with pytest.raises(ValueError, match=r"x must have shape \(n, 1, 8, 8\), got \(2, 64\)"):
+    with pytest.raises(
+        ValueError, match=r"x must have shape \(n, 1, 8, 8\), got \(2, 64\)"
+    ):
         VAE(hidden=8).loss(torch.zeros(2, 64))
     with pytest.raises(ValueError, match="name must be one of"):
         reference_model("mnist")
@@ -297,7 +368,8 @@ def test_bad_inputs_get_clear_errors():
 
 @pytest.fixture
 def full_precision():
-    """cuDNN convolutions default to TF32 on recent GPUs; compare with the CPU in float32."""
+    """cuDNN convolutions default to TF32 on recent GPUs; compare with the CPU in
+    float32."""
     before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     yield
@@ -316,10 +388,16 @@ def test_cuda_matches_cpu(likelihood, arch, full_precision):
     gpu.load_state_dict(model.state_dict())
     z = torch.randn(3, 64, 6, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        assert torch.allclose(gpu.log_px_given_z(x.to(cuda), z.to(cuda)).cpu(), model.log_px_given_z(x, z), atol=1e-3)
+        assert torch.allclose(
+            gpu.log_px_given_z(x.to(cuda), z.to(cuda)).cpu(),
+            model.log_px_given_z(x, z),
+            atol=1e-3,
+        )
         mu, logvar = model.encode(x)
         mu_gpu, logvar_gpu = gpu.encode(x.to(cuda))
-        assert torch.allclose(mu_gpu.cpu(), mu, atol=1e-4) and torch.allclose(logvar_gpu.cpu(), logvar, atol=1e-4)
+        assert torch.allclose(mu_gpu.cpu(), mu, atol=1e-4) and torch.allclose(
+            logvar_gpu.cpu(), logvar, atol=1e-4
+        )
     # the estimators use device-side random numbers: equal up to Monte Carlo error
     cpu_ll = log_likelihood_is(model, x, K=500).mean()
     gpu_ll = log_likelihood_is(gpu, x.to(cuda), K=500)
@@ -338,7 +416,10 @@ def test_cuda_cvae_and_linear_gaussian_oracle(full_precision):
     cuda = torch.device("cuda")
     model, x, (W, b, sigma2) = linear_gaussian_vae()
     model = model.to(cuda)
-    error = (log_likelihood_is(model, x.to(cuda), K=500).cpu() - ppca_log_marginal(x, W, b, sigma2)).abs()
+    error = (
+        log_likelihood_is(model, x.to(cuda), K=500).cpu()
+        - ppca_log_marginal(x, W, b, sigma2)
+    ).abs()
     assert error.max() < 0.1 and error.mean() < 0.02
     xb, y = digits("train", binarize=True, device=cuda)
     cvae = CVAE(latent_dim=4, hidden=32).to(cuda)
@@ -347,9 +428,12 @@ def test_cuda_cvae_and_linear_gaussian_oracle(full_precision):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name, kind", [("bernoulli", "binary"), ("categorical", "levels")])
+@pytest.mark.parametrize(
+    "name, kind", [("bernoulli", "binary"), ("categorical", "levels")]
+)
 def test_cuda_reaches_the_books_numbers(name, kind, full_precision):
-    """The page's headline numbers (test -ELBO, IS log-likelihood with K = 500) on CUDA and CPU."""
+    """The page's headline numbers (test -ELBO, IS log-likelihood with K = 500) on CUDA
+    and CPU."""
     cuda = torch.device("cuda")
     x = reference_data(kind, "test")[0]
     cpu_model, _ = reference_model(name, train_if_missing=False)
@@ -357,7 +441,12 @@ def test_cuda_reaches_the_books_numbers(name, kind, full_precision):
     numbers = []
     for model, xs in ((cpu_model, x), (gpu_model, x.to(cuda))):
         with torch.no_grad():
-            elbo = neg_elbo(model, xs, samples=10, generator=torch.Generator(device=xs.device).manual_seed(0)).mean()
+            elbo = neg_elbo(
+                model,
+                xs,
+                samples=10,
+                generator=torch.Generator(device=xs.device).manual_seed(0),
+            ).mean()
         numbers.append((elbo.item(), log_likelihood_is(model, xs, K=500).mean().item()))
     (cpu_elbo, cpu_ll), (gpu_elbo, gpu_ll) = numbers
     assert abs(cpu_elbo - gpu_elbo) < 0.1 and abs(cpu_ll - gpu_ll) < 0.1, numbers

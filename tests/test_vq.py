@@ -1,13 +1,25 @@
-"""lib.vq against independent oracles: brute-force nearest codes, autograd identities, an EMA
-step computed by hand, torch.distributions.Categorical for the entropy and the likelihood."""
+"""lib.vq against independent oracles: brute-force nearest codes, autograd identities,
+an EMA step computed by hand, torch.distributions.Categorical for the entropy and the
+likelihood."""
+
 import math
 
 import pytest
 import torch
 from torch.distributions import Categorical
 
-from lib.vq import (VQVAE, VectorQuantizer, code_perplexity, codes_used, evaluate, nearest_code,
-                    squared_distances, straight_through, train_vqvae, vq_loss_terms)
+from lib.vq import (
+    VQVAE,
+    VectorQuantizer,
+    code_perplexity,
+    codes_used,
+    evaluate,
+    nearest_code,
+    squared_distances,
+    straight_through,
+    train_vqvae,
+    vq_loss_terms,
+)
 
 F64 = torch.float64
 
@@ -21,7 +33,8 @@ def one_thread():
 
 
 def brute_force_nearest(z, codebook):
-    """argmin over k of ||z - e_k||^2, code by code, with the difference formed explicitly."""
+    """argmin over k of ||z - e_k||^2, code by code, with the difference formed
+    explicitly."""
     best = torch.full((len(z),), math.inf, dtype=z.dtype)
     index = torch.zeros(len(z), dtype=torch.long)
     for k in range(len(codebook)):
@@ -38,7 +51,10 @@ def brute_force_nearest(z, codebook):
 @pytest.mark.parametrize("m, K, D", [(1, 1, 1), (50, 7, 3), (400, 64, 16)])
 def test_nearest_code_matches_brute_force(m, K, D):
     g = torch.Generator().manual_seed(m + K + D)
-    z, codebook = torch.randn(m, D, generator=g, dtype=F64), torch.randn(K, D, generator=g, dtype=F64)
+    z, codebook = (
+        torch.randn(m, D, generator=g, dtype=F64),
+        torch.randn(K, D, generator=g, dtype=F64),
+    )
     assert torch.equal(nearest_code(z, codebook), brute_force_nearest(z, codebook))
     explicit = ((z[:, None, :] - codebook[None]) ** 2).sum(-1)
     torch.testing.assert_close(squared_distances(z, codebook), explicit)
@@ -54,7 +70,9 @@ def test_quantizer_picks_the_brute_force_codes_and_returns_them():
     expected = brute_force_nearest(flat, vq.codebook.detach())
     assert q.indices.shape == (3, 5, 2) and q.indices.dtype == torch.long
     assert torch.equal(q.indices.flatten(), expected)
-    torch.testing.assert_close(q.z_q.permute(0, 2, 3, 1).reshape(-1, 4), vq.codebook.detach()[expected])
+    torch.testing.assert_close(
+        q.z_q.permute(0, 2, 3, 1).reshape(-1, 4), vq.codebook.detach()[expected]
+    )
     # both terms are the squared distance to the chosen code, summed per image
     distance = ((flat - vq.codebook.detach()[expected]) ** 2).sum(1).reshape(3, 10).sum(1)
     torch.testing.assert_close(q.codebook, distance)
@@ -73,7 +91,7 @@ def test_straight_through_passes_the_gradient_unchanged():
     out = straight_through(z_e, z_q)
     torch.testing.assert_close(out, z_q.detach())
     (out * upstream).sum().backward()
-    assert torch.equal(z_e.grad, upstream)       # identity Jacobian
+    assert torch.equal(z_e.grad, upstream)  # identity Jacobian
     assert z_q.grad is None or torch.all(z_q.grad == 0)
 
 
@@ -84,7 +102,9 @@ def test_quantizer_output_gradient_reaches_the_encoder_output_unchanged():
     upstream = torch.randn(2, 3, 4, 4, dtype=F64)
     (vq(z_e).z_q * upstream).sum().backward()
     assert torch.equal(z_e.grad, upstream)
-    assert vq.codebook.grad is None or torch.all(vq.codebook.grad == 0)   # the decoder path never trains the codes
+    assert vq.codebook.grad is None or torch.all(
+        vq.codebook.grad == 0
+    )  # the decoder path never trains the codes
 
 
 def test_codebook_term_trains_the_codes_and_commitment_the_encoder():
@@ -117,12 +137,17 @@ def test_ema_step_matches_a_hand_computed_update():
     vq = VectorQuantizer(3, 2, mode="ema", decay=decay, eps=eps).double()
     e = torch.tensor([[0.0, 0.0], [4.0, 0.0], [0.0, 4.0]], dtype=F64)
     vq.codebook.copy_(e)
-    vq.ema_sum.copy_(e)                                             # N_k = 1, m_k = e_k at the start
-    z = torch.tensor([[0.5, 0.0], [-0.5, 1.0], [3.0, 1.0]], dtype=F64)   # codes 0, 0, 1; code 2 unused
+    vq.ema_sum.copy_(e)  # N_k = 1, m_k = e_k at the start
+    z = torch.tensor(
+        [[0.5, 0.0], [-0.5, 1.0], [3.0, 1.0]], dtype=F64
+    )  # codes 0, 0, 1; code 2 unused
     q = vq.train()(z.T.reshape(1, 2, 1, 3))
     assert q.indices.flatten().tolist() == [0, 0, 1]
-    torch.testing.assert_close(q.z_q.reshape(2, 3).T, e[[0, 0, 1]])   # quantised before the update
-    # by hand: N = 0.9 * 1 + 0.1 * (2, 1, 0) = (1.1, 1.0, 0.9); m_0 = 0.1 * (0, 1) = (0, 0.1),
+    torch.testing.assert_close(
+        q.z_q.reshape(2, 3).T, e[[0, 0, 1]]
+    )  # quantised before the update
+    # by hand: N = 0.9 * 1 + 0.1 * (2, 1, 0) = (1.1, 1.0, 0.9); m_0 = 0.1 * (0, 1) = (0,
+    # 0.1),
     # m_1 = 0.9 * (4, 0) + 0.1 * (3, 1) = (3.9, 0.1), m_2 = 0.9 * (0, 4) = (0, 3.6)
     N = torch.tensor([1.1, 1.0, 0.9], dtype=F64)
     m = torch.tensor([[0.0, 0.1], [3.9, 0.1], [0.0, 3.6]], dtype=F64)
@@ -132,14 +157,14 @@ def test_ema_step_matches_a_hand_computed_update():
     torch.testing.assert_close(vq.codebook, m / smoothed[:, None])
     before = vq.codebook.clone()
     vq.eval()(z.T.reshape(1, 2, 1, 3))
-    assert torch.equal(vq.codebook, before)                         # no update in eval mode
+    assert torch.equal(vq.codebook, before)  # no update in eval mode
 
 
 def test_dead_code_restart_revives_unused_codes():
     def used_after(restart):
         torch.manual_seed(4)
         vq = VectorQuantizer(16, 2, mode="loss", restart=restart)
-        vq.codebook.data[8:] += 100.0                                # half the codes far from the data
+        vq.codebook.data[8:] += 100.0  # half the codes far from the data
         for step in range(3):
             q = vq(torch.randn(4, 2, 8, 8))
         return codes_used(q.indices, 16).item(), vq.codebook.detach()
@@ -147,7 +172,9 @@ def test_dead_code_restart_revives_unused_codes():
     used, codebook = used_after(False)
     assert used <= 0.5 and codebook[8:].abs().min() > 50
     used, codebook = used_after(True)
-    assert used == 1.0 and codebook.abs().max() < 10                  # every code moved onto the data and chosen
+    assert (
+        used == 1.0 and codebook.abs().max() < 10
+    )  # every code moved onto the data and chosen
 
 
 def test_restart_resets_the_ema_statistics():
@@ -183,12 +210,21 @@ def test_perplexity_of_uniform_and_one_hot_histograms():
 
 def test_vqvae_loss_is_the_sum_of_its_terms_and_rec_is_a_categorical_nll():
     torch.manual_seed(7)
-    model = VQVAE(levels=17, n_codes=8, code_dim=4, channels=8, mode="loss", restart=False).eval()
+    model = VQVAE(
+        levels=17, n_codes=8, code_dim=4, channels=8, mode="loss", restart=False
+    ).eval()
     x = torch.randint(17, (5, 1, 8, 8)).float()
     terms = model.loss(x)
-    torch.testing.assert_close(terms["loss"], terms["rec"] + terms["codebook"] + 0.25 * terms["commitment"])
+    torch.testing.assert_close(
+        terms["loss"], terms["rec"] + terms["codebook"] + 0.25 * terms["commitment"]
+    )
     logits, _ = model(x)
-    expected = -Categorical(logits=logits.permute(0, 2, 3, 1)).log_prob(x[:, 0].long()).sum((1, 2)).mean()
+    expected = (
+        -Categorical(logits=logits.permute(0, 2, 3, 1))
+        .log_prob(x[:, 0].long())
+        .sum((1, 2))
+        .mean()
+    )
     torch.testing.assert_close(terms["rec"], expected)
     assert model.encode(x).shape == (5, 4, 4)
     assert model.decode_indices(model.encode(x)).shape == (5, 17, 8, 8)
@@ -210,7 +246,9 @@ def test_pretrained_models_reconstruct_better_than_independent_pixels():
     x, _ = digits("test")
     model, history = pretrained("ema-restart")
     result = evaluate(model, x)
-    assert result["rec"] < 80 and result["used"] > 0.9          # restarts keep (nearly) every code in use
+    assert (
+        result["rec"] < 80 and result["used"] > 0.9
+    )  # restarts keep (nearly) every code in use
     assert len(history["rec"]) > 100
     prior, _ = pretrained_prior()
     assert prior.levels == model.n_codes
@@ -251,7 +289,9 @@ def test_quantizer_and_loss_on_cuda_match_cpu():
     cuda = torch.device("cuda")
     g = torch.Generator().manual_seed(8)
     z, codebook = torch.randn(300, 8, generator=g), torch.randn(32, 8, generator=g)
-    assert torch.equal(nearest_code(z.to(cuda), codebook.to(cuda)).cpu(), nearest_code(z, codebook))
+    assert torch.equal(
+        nearest_code(z.to(cuda), codebook.to(cuda)).cpu(), nearest_code(z, codebook)
+    )
     torch.manual_seed(9)
     model = VQVAE(mode="ema", restart=True).eval()
     x = torch.randint(17, (16, 1, 8, 8), generator=g).float()
@@ -272,4 +312,6 @@ def test_ema_step_on_cuda_matches_cpu():
     cpu(z)
     gpu(z.to(cuda))
     for name, buffer in cpu.named_buffers():
-        torch.testing.assert_close(dict(gpu.named_buffers())[name].cpu(), buffer, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            dict(gpu.named_buffers())[name].cpu(), buffer, rtol=1e-5, atol=1e-6
+        )
