@@ -18,19 +18,17 @@ c.CourseDirectory.submitted_directory = "submitted"
 c.CourseDirectory.autograded_directory = "autograded"
 c.CourseDirectory.feedback_directory = "feedback"
 # The gradebook: DB_URL from the environment (e.g.
-# postgresql://grader:PASSWORD@db.example.org/dgm,
-# for graders on several machines; README "Larger classes"), else SQLite in the course
-# folder.
+# postgresql://grader:PASSWORD@db.example.org/dgm, for graders on several machines;
+# README "Larger classes"), else SQLite in the course folder.
 c.CourseDirectory.db_url = os.environ.get("DB_URL") or "sqlite:///gradebook.db"
 
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
 c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
 
 # Autograding runs students' code: see course/grader.py, course/autograde.py,
-# course/sandbox.py.
-# The test cells run in nbgrader's process (course.grader.GradingExecute), never in the
-# kernel.
-# The resource-limited kernel (written into the venv by `make autograde`).
+# course/sandbox.py. The test cells run in nbgrader's process
+# (course.grader.GradingExecute), never in the kernel. The resource-limited kernel
+# (written into the venv by `make autograde`).
 c.Execute.kernel_name = "dgm-grader"
 # Per-cell timeout (s): the cell is interrupted, gets an error and scores 0.
 c.Execute.timeout = 120

@@ -144,9 +144,8 @@ def main() -> None:
         kinds = hand_in(root, args.students, chosen)
         notebooks = sum(kind != "broken" for kind in kinds.values()) * len(chosen)
         reset(root)
-        per_assignment = {
-            a: grade(root, 1, a) for a in chosen
-        }  # serial, one assignment at a time
+        # serial, one assignment at a time
+        per_assignment = {a: grade(root, 1, a) for a in chosen}
         serial, serial_scores = sum(per_assignment.values()), scores(root)
         reset(root)
         parallel = grade(root, args.jobs)

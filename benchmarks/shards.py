@@ -151,9 +151,8 @@ def main() -> None:
             )
             label = "1 shard" if shards == 1 else f"{shards} concurrent shards"
             rows.append([f"PostgreSQL, {label}", shards, seconds, n / seconds])
-        reset(
-            root, None
-        )  # a fresh SQLite gradebook with the assignments, for the write benchmark
+        # a fresh SQLite gradebook with the assignments, for the write benchmark
+        reset(root, None)
         writes_sqlite = gradebook_writes(sqlite, args.writes)
         db = server.create_database("writes")
         reset(root, db)

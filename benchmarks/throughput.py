@@ -3,9 +3,9 @@ sampling speed.
 
     .venv/bin/python benchmarks/throughput.py                  # CPU, 8x8 digits
     .venv/bin/python benchmarks/throughput.py --device cuda    # the same on a GPU
-    .venv/bin/python benchmarks/throughput.py --size mnist # 28x28 images (MNIST-sized)
-    .venv/bin/python benchmarks/throughput.py --size mnist --mnist
-    train-images-idx3-ubyte
+    .venv/bin/python benchmarks/throughput.py --size mnist     # 28x28 images
+                                                               (MNIST-sized)
+    .venv/bin/python benchmarks/throughput.py --size mnist --mnist train-images-idx3-ubyte
 
 The textbook loop is what most course notebooks do: a `DataLoader` over a
 `TensorDataset` on the CPU, a `.to(device)` per batch and `loss.item()` every step.
@@ -41,7 +41,8 @@ from benchmarks.results import machine, table, write_section  # noqa: E402
 from lib.data import digits  # noqa: E402
 from lib.pixelcnn import GatedPixelCNN, sampling_time  # noqa: E402
 from lib.train import fit  # noqa: E402
-from lib.vae import VAE, BernoulliDecoder, GaussianEncoder, mlp  # noqa: E402
+from lib.nets import mlp  # noqa: E402
+from lib.vae import VAE, BernoulliDecoder, GaussianEncoder  # noqa: E402
 
 
 def read_idx(path: Path) -> torch.Tensor:
@@ -127,7 +128,8 @@ def timed(run, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-LOOPS = {  # name in the tables -> how the model is trained
+# name in the tables -> how the model is trained
+LOOPS = {
     "textbook": "the textbook loop",
     "fit": "lib.train.fit",
     "item": "fit + .item() per step",
@@ -173,7 +175,8 @@ def throughput(
                     compiled=loop == "compile",
                 )
 
-        run(min(steps, 20))  # warm-up: allocator, kernels, caches, compilation
+        # warm-up: allocator, kernels, caches, compilation
+        run(min(steps, 20))
         rate[loop] = steps * batch_size / timed(lambda: run(steps), device)
     return rate
 
@@ -204,9 +207,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cpu":
-        torch.set_num_threads(
-            1
-        )  # the models are small: one thread is the fastest setting here
+        # the models are small: one thread is the fastest setting here
+        torch.set_num_threads(1)
     x = images(args.size, args.mnist)
     side = x.shape[-1]
     models = {

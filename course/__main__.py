@@ -1,26 +1,30 @@
 """The builder's and instructor's commands, run from the course root as ``python -m
 course``.
 
-    book build the book into _build/html (pages executed; cache reset when lib/ changes)
-    release solutions/<a>/<a>.ipynb -> notebooks/<a>/<a>.ipynb (nbgrader
-    generate_assignment) autograde [a] [--jobs N] [--force] [--shard i/n]
+    book                  build the book into _build/html (pages executed; cache reset
+                          when lib/ changes)
+    release               solutions/<a>/<a>.ipynb -> notebooks/<a>/<a>.ipynb (nbgrader
+                          generate_assignment)
+    autograde [a] [--jobs N] [--force] [--shard i/n]
                           grade every new or changed submitted/<student>/<a>/
                           (course.autograde); print a summary table. --shard i/n (i from
                           0 to n-1): only the submissions of shard i of n, for graders
                           on several machines
     feedback [a]          feedback/<student>/<a>/<a>.html for every graded submission
     grades                grades.csv (nbgrader export)
-    validate NB for students: run the notebook NB in the grading kernel, as the grader
-                          will, and say which visible self-checks pass (course.validate)
+    validate NB           for students: run the notebook NB in the grading kernel, as
+                          the grader will, and say which visible self-checks pass
+                          (course.validate)
 
 The gradebook is ``DB_URL`` from the environment (for example
 ``postgresql://grader:PASSWORD@db/dgm``; nbgrader_config.py reads the same), else the
 course's SQLite ``gradebook.db``.
 
 The Makefile wraps each one (``make book``, ``make release`` ...). Grading is in
-`course.autograde`: each submission in its own nbgrader process and resource-limited
-kernel, so a broken or hostile submission costs only its own score: it gets 0 and a
-message in the summary, and the others are graded as usual.
+`course.autograde`:
+each submission in its own nbgrader process and resource-limited kernel, so a broken or
+hostile submission costs only its own score: it gets 0 and a message in the summary, and
+the others are graded as usual.
 """
 
 import argparse

@@ -361,10 +361,10 @@ def _note_run(root: Path, student: str, assignment: str, **event) -> None:
         out.write(json.dumps({"time": round(time.time(), 3), **event}) + "\n")
 
 
-# Starts nbgrader so that it is killed if the grader that started it dies, even by SIGKILL
-# (PR_SET_PDEATHSIG, kept across exec): a killed shard leaves no nbgrader grading behind
-# its
-# back once its lock is gone. argv: the grader's pid, then nbgrader's command line.
+# Starts nbgrader so that it is killed if the grader that started it dies, even by
+# SIGKILL (PR_SET_PDEATHSIG, kept across exec): a killed shard leaves no nbgrader
+# grading behind its back once its lock is gone. argv: the grader's pid, then nbgrader's
+# command line.
 _ORPHAN_GUARD = (
     "import ctypes, os, sys\n"
     "if sys.platform == 'linux':\n"
@@ -389,9 +389,8 @@ class Runner:
         if self.stopping:
             raise KeyboardInterrupt
         log.parent.mkdir(parents=True, exist_ok=True)
-        with open(
-            log, "wb"
-        ) as out:  # a file, not a pipe: a flood of output costs no memory here
+        # a file, not a pipe: a flood of output costs no memory here
+        with open(log, "wb") as out:
             command = [
                 sys.executable,
                 "-c",
@@ -421,9 +420,8 @@ class Runner:
     @staticmethod
     def kill(process: subprocess.Popen) -> None:
         try:
-            os.killpg(
-                process.pid, signal.SIGKILL
-            )  # nbgrader; its kernel then stops itself (course.sandbox)
+            # nbgrader; its kernel then stops itself (course.sandbox)
+            os.killpg(process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         process.wait()
@@ -434,10 +432,8 @@ class Runner:
             self.kill(process)
 
 
-EXPECTED_ERRORS = {
-    "AssertionError",
-    "NotImplementedError",
-}  # a wrong or missing answer: the score says it
+# a wrong or missing answer: the score says it
+EXPECTED_ERRORS = {"AssertionError", "NotImplementedError"}
 
 
 def incidents(notebook: Path) -> list[str]:
@@ -581,9 +577,8 @@ def _grade(
     record.parent.mkdir(parents=True, exist_ok=True)
     partial = record.with_name(f".{record.name}.{os.getpid()}.{threading.get_ident()}")
     partial.write_text(seen)
-    os.replace(
-        partial, record
-    )  # whole or absent, also for a grader reading it on another machine
+    # whole or absent, also for a grader reading it on another machine
+    os.replace(partial, record)
     return outcome
 
 
@@ -621,9 +616,8 @@ def _add_student(gb, student: str) -> None:
 
     try:
         gb.update_or_create_student(student)
-    except (
-        InvalidEntry
-    ):  # another shard added them at the same moment (nbgrader rolled back)
+    # another shard added them at the same moment (nbgrader rolled back)
+    except InvalidEntry:
         gb.find_student(student)
 
 
@@ -685,9 +679,8 @@ def autograde(
     me = whoami(shard)
     locks = submission_locks(root, shard)
     runner = Runner()
-    previous = signal.signal(
-        signal.SIGTERM, signal.default_int_handler
-    )  # SIGTERM stops cleanly, like Ctrl-C
+    # SIGTERM stops cleanly, like Ctrl-C
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             futures = [

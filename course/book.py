@@ -66,6 +66,5 @@ def build_book(root: Path) -> int:
         "--keep-going",
         *(["--all"] if stale else []),
     ]
-    return subprocess.call(
-        command, cwd=root, env={**ENV, "DGM_PROGRESS": "0"}
-    )  # no progress bars in pages
+    # no progress bars in pages
+    return subprocess.call(command, cwd=root, env={**ENV, "DGM_PROGRESS": "0"})

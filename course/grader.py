@@ -59,9 +59,8 @@ from traitlets import Integer
 from course import sandbox
 from lib import grading
 
-FINDINGS = (
-    Path(".autograde") / "findings"
-)  # per student and assignment: what the kernel reported
+# per student and assignment: what the kernel reported
+FINDINGS = Path(".autograde") / "findings"
 LOST = {
     DeadKernelError: "the kernel died while running this cell (a crash, os._exit, too "
     "much memory "
@@ -165,9 +164,8 @@ class Namespace(dict):
     def __missing__(self, name):
         if name in vars(builtins) or name in self.trusted_names or name.startswith("__"):
             raise KeyError(name)
-        value = self.session.lookup(
-            name
-        )  # raises KeyError when the kernel has no such name
+        # raises KeyError when the kernel has no such name
+        value = self.session.lookup(name)
         self[name] = value
         self.from_kernel.add(name)
         return value
@@ -213,9 +211,8 @@ class _Request(pickle.Pickler):
             return importlib.import_module, (obj.__name__,)
         if getattr(obj, "__module__", None) != "__main__":
             return NotImplemented
-        if isinstance(
-            obj, type
-        ):  # a class of the setup cell: the kernel has the same one
+        # a class of the setup cell: the kernel has the same one
+        if isinstance(obj, type):
             return grading.user_global, (obj.__qualname__,)
         if isinstance(obj, types.FunctionType):
             names = {}
@@ -332,9 +329,8 @@ class Session:
                 continue
             wanted = inspect.signature(cls).parameters
             kwargs = {k: v for k, v in config.items() if k in wanted}
-            with torch.device(
-                "meta"
-            ):  # the shapes first: a forged config cannot exhaust memory
+            # the shapes first: a forged config cannot exhaust memory
+            with torch.device("meta"):
                 shapes = {
                     k: tuple(v.shape) for k, v in cls(**kwargs).state_dict().items()
                 }
@@ -405,9 +401,8 @@ class GradingExecute(Execute):
         self.reset_execution_trackers()
         self._check_assign_resources(resources)
         sandbox.prepare()  # the kernelspec and, as root, the unprivileged user
-        os.environ["DGM_COURSE_ROOT"] = (
-            os.getcwd()
-        )  # the kernel's launcher hides its secrets
+        # the kernel's launcher hides its secrets
+        os.environ["DGM_COURSE_ROOT"] = os.getcwd()
         # no progress bars in graded notebooks (lib.train.show_progress)
         os.environ["DGM_PROGRESS"] = "0"
         release_directory = self.config.CourseDirectory.get(
@@ -416,9 +411,8 @@ class GradingExecute(Execute):
         self.trusted = Trusted(self.resources, release_directory)
         self.session = Session(self)
         self.session.namespace = Namespace(self.trusted.names, self.session)
-        grading.GRADER = (
-            self.session
-        )  # probes called from the test cells run in the kernel
+        # probes called from the test cells run in the kernel
+        grading.GRADER = self.session
         self.findings: list[str] = []
         self._setup_done = False
         deadline = self._deadline = time.monotonic() + self.notebook_timeout
@@ -464,9 +458,8 @@ class GradingExecute(Execute):
                             )
                     except (DeadKernelError, CellTimeoutError, KernelLost) as lost:
                         kind = lost.kind if isinstance(lost, KernelLost) else type(lost)
-                        kind = (
-                            kind if self._kernel_alive() else DeadKernelError
-                        )  # a timeout may hide a death
+                        # a timeout may hide a death
+                        kind = kind if self._kernel_alive() else DeadKernelError
                         _error(
                             cell,
                             kind.__name__,
@@ -530,10 +523,8 @@ class GradingExecute(Execute):
         cell = nbformat.v4.new_code_cell(
             f"__import__('lib.grading').grading.serve({base64.b64encode(payload).decode()!r})"
         )
-        notebook, self.nb = (
-            self.nb,
-            nbformat.v4.new_notebook(cells=[cell]),
-        )  # nbclient writes it back
+        # nbclient writes it back
+        notebook, self.nb = self.nb, nbformat.v4.new_notebook(cells=[cell])
         try:
             self.execute_cell(cell, 0, store_history=False)
         except (DeadKernelError, CellTimeoutError) as lost:
@@ -620,9 +611,8 @@ class GradingExecute(Execute):
                 exec(compile(source, filename, "exec"), self.session.namespace)
         except KernelLost:
             raise
-        except (
-            BaseException
-        ) as err:  # a failed check, or any error in the test: the cell scores 0
+        # a failed check, or any error in the test: the cell scores 0
+        except BaseException as err:
             frames = [
                 f
                 for f in traceback.extract_tb(err.__traceback__)

@@ -55,9 +55,8 @@ from pathlib import Path
 
 KERNEL_NAME = "dgm-grader"
 USER = "dgm-grader"
-MEMORY_BYTES = (
-    6 * 2**30
-)  # address space of each process: torch and a kernel need about 2 GiB
+# address space of each process: torch and a kernel need about 2 GiB
+MEMORY_BYTES = 6 * 2**30
 FILE_BYTES = 64 * 2**20  # the largest file a submission may write
 # CPU time of each process (the per-cell wall-clock timeout comes first)
 CPU_SECONDS = 900
@@ -91,9 +90,8 @@ KEPT_ENV = (
     "OPENBLAS_L2_SIZE",
 )
 PRIVATE_PREFIX = "dgm-kernel-"
-KERNEL_UID_BASE = (
-    2**30
-)  # kernel user ids: this plus the supervisor's pid (no passwd entry)
+# kernel user ids: this plus the supervisor's pid (no passwd entry)
+KERNEL_UID_BASE = 2**30
 PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 36, 38
 CLONE_NEWNS, CLONE_NEWPID = 0x00020000, 0x20000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_BIND, MS_MOVE, MS_REC, MS_PRIVATE = (
@@ -347,15 +345,12 @@ def isolate(course: Path, private: Path, uid: int, gid: int) -> None:
         repository,
     ]
     _hide_root_home(runtime, private / ".mounts")
-    for folder in {
-        course.resolve(),
-        repository,
-    }:  # the course, and the repository lib is imported from
+    # the course, and the repository lib is imported from
+    for folder in {course.resolve(), repository}:
         for name in SECRETS:
             _hide(folder / name)
-    _mount(
-        "proc", "/proc", "proc", MS_NOSUID | MS_NODEV
-    )  # this PID namespace's processes only
+    # this PID namespace's processes only
+    _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV)
     os.setgroups([])
     os.setgid(gid)
     os.setuid(uid)
@@ -406,29 +401,25 @@ def kernel_environment(private: Path) -> dict[str, str]:
 def main(argv: list[str]) -> int:
     if sys.platform == "linux":
         _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    signal.signal(
-        signal.SIGINT, signal.SIG_IGN
-    )  # interrupts are for the kernel (same process group)
+    # interrupts are for the kernel (same process group)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     course = Path(os.environ.get("DGM_COURSE_ROOT", os.getcwd()))  # set by the grader
     private = Path(tempfile.mkdtemp(prefix=private_prefix(course)))
-    isolating = (
-        isolated()
-    )  # decided once: in the kernel's process it is false after setuid
+    # decided once: in the kernel's process it is false after setuid
+    isolating = isolated()
     if isolating:
         uid, gid = kernel_uid(os.getpid()), pwd.getpwnam(USER).pw_gid
         i = argv.index("-f") + 1
-        connection = (
-            private / "kernel.json"
-        )  # the kernel cannot read the grader's runtime folder
+        # the kernel cannot read the grader's runtime folder
+        connection = private / "kernel.json"
         shutil.copyfile(argv[i], connection)
         argv = [*argv[:i], str(connection), *argv[i + 1 :]]
         os.chown(private, uid, gid)
         os.chown(connection, uid, gid)
         os.chmod(private, 0o700)
         os.chmod(connection, 0o600)
-        _check(
-            _libc.unshare(CLONE_NEWPID), "unshare"
-        )  # the next child is PID 1 of a new namespace
+        # the next child is PID 1 of a new namespace
+        _check(_libc.unshare(CLONE_NEWPID), "unshare")
     kernel = os.fork()
     if kernel == 0:
         try:
@@ -458,9 +449,8 @@ def main(argv: list[str]) -> int:
         while kernel not in exited:
             time.sleep(WATCH_INTERVAL_S)
             exited |= reap()
-            if (
-                os.getppid() != grader
-            ):  # the grader itself was stopped: nobody is listening any more
+            # the grader itself was stopped: nobody is listening any more
+            if os.getppid() != grader:
                 break
             if kernel not in exited and len(descendants(os.getpid())) > PROCESSES:
                 sys.stderr.write(

@@ -7,9 +7,10 @@ and as root the same unprivileged user), with the grader's time limits
 (``Execute.timeout`` per cell and ``GradingExecute.notebook_timeout`` in all, from
 ``nbgrader_config.py`` when there is one), no progress bars (``DGM_PROGRESS=0``), and a
 fresh kernel after a cell that kills it. Then it prints, for every graded task, whether
-its visible self-check passed and, if not, the check's message: what was called, what
-came back, what was expected, and a hint. Errors in other cells (the setup, a solution
-cell that does not even run) are listed too, since they explain the tasks that follow.
+its visible self-check passed and, if not, the check's message:
+what was called, what came back, what was expected, and a hint. Errors in other cells
+(the setup, a solution cell that does not even run) are listed too, since they explain
+the tasks that follow.
 
 Only the visible checks can run here: the hidden tests are the grader's. A pass is
 therefore a good sign, not a score. A test cell whose code was changed is flagged: the
@@ -233,15 +234,13 @@ def run(nb, folder: Path, cell_timeout: float, notebook_timeout: float) -> list[
     deadline = time.monotonic() + notebook_timeout
     todo = [i for i, cell in enumerate(nb.cells) if cell.cell_type == "code"]
     ran, problems, restarts = [], [], 0
-    log = tempfile.TemporaryFile(
-        mode="w+"
-    )  # the kernel's own stderr: kept for its "grading kernel: ..." lines
+    # the kernel's own stderr: kept for its "grading kernel: ..." lines
+    log = tempfile.TemporaryFile(mode="w+")
     while todo:
         with client.setup_kernel(stderr=log):
             try:
-                for (
-                    i
-                ) in ran:  # a fresh kernel after a death: the state of the earlier cells
+                # a fresh kernel after a death: the state of the earlier cells
+                for i in ran:
                     scratch = nbformat.from_dict(nb.cells[i])
                     client.execute_cell(scratch, i, store_history=False)
             except (DeadKernelError, CellTimeoutError):

@@ -12,12 +12,13 @@ One module per idea, each readable top to bottom like the chapter it serves:
     kl        chapter 01: KL divergence
     vi        chapter 02: variational inference (CAVI, mean-field Ising)
     elbo      chapter 03: the evidence lower bound (EM, PPCA, IWAE)
-    vae chapter 04: variational autoencoders (VAE, CVAE, importance-sampled likelihood)
-    reparam chapter 05: pathwise and score-function gradients, samplers, Gumbel-softmax
-    collapse chapter 06: posterior collapse (diagnostics: KL, AU, MI; remedies) vq
-    chapter 07: vector-quantised VAE (codebook, straight-through, EMA, restarts) gan
-    chapter 08: adversarial training, the optimal discriminator, mode coverage pixelcnn
-    chapter 09: masked and gated PixelCNNs, causal sampling
+    vae       chapter 04: variational autoencoders (VAE, CVAE, importance-sampled
+              likelihood)
+    reparam   chapter 05: pathwise and score-function gradients, samplers, Gumbel-softmax
+    collapse  chapter 06: posterior collapse (diagnostics: KL, AU, MI; remedies)
+    vq        chapter 07: vector-quantised VAE (codebook, straight-through, EMA, restarts)
+    gan       chapter 08: adversarial training, the optimal discriminator, mode coverage
+    pixelcnn  chapter 09: masked and gated PixelCNNs, causal sampling
 
 The instructor's tooling (book build, release, autograde, the grading sandbox) is not
 here: it is ``course/`` at the repository root, and ``lib`` never imports it or

@@ -29,10 +29,30 @@ def float_tensor(
     return value
 
 
+def is_int(value) -> bool:
+    """Whether `value` is an int and not a bool (``True`` is not a step count)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def positive_int(name: str, value) -> int:
     """Return `value` if it is an int >= 1 (bools are rejected)."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    if not is_int(value) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def nonnegative_int(name: str, value) -> int:
+    """Return `value` if it is an int >= 0 (bools are rejected)."""
+    if not is_int(value) or value < 0:
+        raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+    return value
+
+
+def int_in(name: str, value, low: int, high: int, why: str = "") -> int:
+    """Return `value` if it is an int in low..high (bools are rejected); ``why`` says what
+    the bound is, e.g. " (the number of points)"."""
+    if not is_int(value) or not low <= value <= high:
+        raise ValueError(f"{name} must be an int in {low}..{high}{why}, got {value!r}")
     return value
 
 

@@ -11,18 +11,20 @@ z to couple the pixels, and common with an autoregressive decoder p(x | z) = pro
 p(x_i | x_<i, z), which does not (`MaskedDecoder` here, a MADE conditioned on z).
 
 Diagnostics (all on the encoder's outputs mu, logvar of shape (n, L) for n images)
-    kl_per_dim E_x KL(q(z_d | x) || N(0, 1)) for each d (eq-collapse-kl-dim)
-    unit_activity Cov_x(E_q[z_d | x]) = the variance of mu_d over x (eq-collapse-au)
-    active_units how many dimensions have an activity above 0.01 mutual_information
-    I_q(x; z) with the aggregate posterior q(z) estimated on the batch,
-                         as in He et al. (2019) (eq-collapse-mi)
+    kl_per_dim           E_x KL(q(z_d | x) || N(0, 1)) for each d (eq-collapse-kl-dim)
+    unit_activity        Cov_x(E_q[z_d | x]) = the variance of mu_d over x
+                         (eq-collapse-au)
+    active_units         how many dimensions have an activity above 0.01
+    mutual_information   I_q(x; z) with the aggregate posterior q(z) estimated on the
+                         batch, as in He et al. (2019)  (eq-collapse-mi)
     diagnostics          all of the above plus the importance-sampled -log p(x) of lib.vae
 
 Remedies (training objectives of a `VAE` built by `make_vae`)
-    collapse_loss rec + weight * KL, or rec + free-bits KL (eq-collapse-lambda)
-    kl_anneal the linear KL weight schedule (eq-collapse-anneal) free_bits_kl sum_d
-    max(floor, E_x KL_d): a floor per dimension (eq-collapse-free-bits) fit_aggressive
-    He et al.'s aggressive inference-network training
+    collapse_loss        rec + weight * KL, or rec + free-bits KL  (eq-collapse-lambda)
+    kl_anneal            the linear KL weight schedule  (eq-collapse-anneal)
+    free_bits_kl         sum_d max(floor, E_x KL_d): a floor per dimension
+                         (eq-collapse-free-bits)
+    fit_aggressive       He et al.'s aggressive inference-network training
 
 The book's models (`VARIANTS`) are trained by `train_variant` with one recipe (`RECIPE`:
 same seed, same number of optimiser steps, AdamW) and stored in
@@ -41,23 +43,28 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from lib.checks import float_tensor, gaussian_parameters, one_of, positive_int
-from lib.data import digits
-from lib.train import BestWeights, fit, minimise, retrain_main, show_progress
+from lib.checks import (
+    float_tensor,
+    gaussian_parameters,
+    nonnegative_int,
+    one_of,
+    positive_int,
+)
+from lib.data import IMAGE_SHAPE, PIXELS, digits
+from lib.train import BestWeights, evaluating, fit, minimise, retrain_main, show_progress
 from lib.vae import (
+    LOG_2PI,
     VAE,
     GaussianEncoder,
     elbo_terms,
     gaussian_kl_to_standard,
+    log_normal_diag,
     log_likelihood_is,
     make_decoder,
     mlp_encoder_net,
     reparameterize,
     validation_neg_elbo,
 )
-
-LOG_2PI = math.log(2 * math.pi)
-PIXELS = 64
 
 
 # ----------------------------------------------------------------------------------------
@@ -66,9 +73,9 @@ PIXELS = 64
 
 def kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """E_x KL(q(z_d | x) || N(0, 1)) for each latent dimension d, shape (L,)
-    (eq-collapse-kl-dim): the closed-form KL of `lib.vae.gaussian_kl_to_standard`
-    averaged over the n images. A dimension with a KL near 0 carries no information
-    about x."""
+    (eq-collapse-kl-dim):
+    the closed-form KL of `lib.vae.gaussian_kl_to_standard` averaged over the n images.
+    A dimension with a KL near 0 carries no information about x."""
     gaussian_parameters(mu, logvar, dim=2, shape="(n, L)")
     return gaussian_kl_to_standard(mu, logvar).mean(0)
 
@@ -105,7 +112,8 @@ def mutual_information(
     (eq-collapse-mi):
 
         I = 1/n sum_i ( E_q(z|x_i)[log q(z | x_i)] - log q(z_i) ),   z_i ~ q(z | x_i),
-        q(z) ~ 1/n sum_j q(z | x_j) (the aggregate posterior on the batch),
+        q(z) ~ 1/n sum_j q(z | x_j)                         (the aggregate posterior on
+                                                            the batch),
 
     with the first term in closed form, -L/2 (1 + log 2 pi) - 1/2 sum_d logvar_d, as in
     He et al. (2019). z: one sample per image, shape (n, L) (drawn with ``generator``
@@ -122,9 +130,7 @@ def mutual_information(
         )
     neg_entropy = (-0.5 * L * (1 + LOG_2PI) - 0.5 * logvar.sum(-1)).mean()
     # log q(z_i | x_j) for every pair: (n, n)
-    log_q = -0.5 * (
-        ((z[:, None] - mu[None]) ** 2) / logvar[None].exp() + logvar[None] + LOG_2PI
-    ).sum(-1)
+    log_q = log_normal_diag(z[:, None], mu[None], logvar[None])
     log_aggregate = torch.logsumexp(log_q, dim=1) - math.log(n)
     return neg_entropy - log_aggregate.mean()
 
@@ -133,22 +139,20 @@ def diagnostics(
     model, x: torch.Tensor, *, K: int = 100, seed: int = 0, threshold: float = 0.01
 ) -> dict:
     """Everything the chapter's table reports for one model on images x, in nats per
-    image: "kl" (the KL term of the ELBO, summed over dimensions), "kl_per_dim" (L,),
-    "au", "mi", "rec" (-E_q log p(x | z)), "neg_elbo" and "nll" (-log p(x) by importance
-    sampling with K samples, `lib.vae.log_likelihood_is`; "nll_per_image" keeps the n
-    values, for paired comparisons). Evaluated in eval mode (no dropout). Seeded: the
-    same model and seed give the same numbers."""
+    image:
+    "kl" (the KL term of the ELBO, summed over dimensions), "kl_per_dim" (L,), "au", "mi",
+    "rec" (-E_q log p(x | z)), "neg_elbo" and "nll" (-log p(x) by importance sampling
+    with K samples, `lib.vae.log_likelihood_is`; "nll_per_image" keeps the n values, for
+    paired comparisons). Evaluated in eval mode (no dropout). Seeded: the same model and
+    seed give the same numbers."""
     generator = torch.Generator(device=x.device).manual_seed(seed)
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
+    with evaluating(model), torch.no_grad():
         mu, logvar = model.encode(x)
         kl = kl_per_dim(mu, logvar)
         z = reparameterize(mu, logvar, 10, generator=generator)
         rec = -model.log_px_given_z(x, z).mean()
         mi = mutual_information(mu, logvar, generator=generator)
         nll = -log_likelihood_is(model, x, K=K, seed=seed)
-    model.train(was_training)
     return {
         "kl": kl.sum(),
         "kl_per_dim": kl,
@@ -169,8 +173,7 @@ def kl_anneal(step: int, warmup: int, *, start: float = 0.0) -> float:
     """The KL weight of linear KL annealing (eq-collapse-anneal; Bowman et al. 2016):
     beta = start + (1 - start) * min(1, step / warmup), so beta(0) = start and beta = 1
     from ``step = warmup`` on. He et al. (2019) use start = 0.1."""
-    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
-        raise ValueError(f"step must be a non-negative int, got {step!r}")
+    nonnegative_int("step", step)
     positive_int("warmup", warmup)
     if not 0 <= start <= 1:
         raise ValueError(f"start must lie in [0, 1], got {start!r}")
@@ -199,9 +202,9 @@ def collapse_loss(
     """The training objective of one minibatch, averaged over the images
     (eq-collapse-lambda):
 
-        rec + weight * KL (weight = 1: minus the ELBO; 0 < weight < 1: the
-        lambda-weighted
-                                    objective, which no longer bounds -log p(x))
+        rec + weight * KL          (weight = 1: minus the ELBO; 0 < weight < 1: the
+                                    lambda-weighted objective, which no longer bounds
+                                    -log p(x))
         rec + free_bits_kl(KL, floor)   when ``floor`` is given.
 
     Returns {"loss", "rec", "kl"} with "kl" the plain KL (what the ELBO would charge)."""
@@ -244,7 +247,7 @@ class MaskedDecoder(nn.Module):
     generalises well without z. The decoder of `lib.vae`'s interface: ``log_prob(x, z)``
     with z of shape (..., n, L) returns shape z.shape[:-1]."""
 
-    event_shape = (1, 8, 8)
+    event_shape = IMAGE_SHAPE
 
     def __init__(
         self,
@@ -262,13 +265,13 @@ class MaskedDecoder(nn.Module):
         positive_int("layers", layers)
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")
-        degree_in = torch.arange(1, PIXELS + 1)  # pixel i has degree i
+        # pixel i has degree i
+        degree_in = torch.arange(1, PIXELS + 1)
         degrees = [degree_in] + [
             torch.arange(hidden) % (PIXELS - 1) + 1 for _ in range(layers)
         ]
         # unit k of a layer sees unit j of the layer below when degree(k) >= degree(j);
-        # logit i sees
-        # hidden units of degree < i, so it depends on pixels 1..i-1 only
+        # logit i sees hidden units of degree < i, so it depends on pixels 1..i-1 only
         self.hidden = nn.ModuleList(
             MaskedLinear(d_out[:, None] >= d_in[None])
             for d_in, d_out in zip(degrees[:-1], degrees[1:])
@@ -470,7 +473,8 @@ def fit_aggressive(
             best_mi = max(best_mi, mi)
             aggressive = since_best < patience
     switch = taken
-    while taken < steps:  # ordinary training for the rest of the budget
+    # ordinary training for the rest of the budget
+    while taken < steps:
         n = (
             steps - taken
             if not (every and on_round)

@@ -18,6 +18,8 @@ from lib.checks import one_of, positive_int
 SPLIT_SIZES = {"train": 1000, "val": 350, "test": 447}
 SPLIT_SEED = 0
 LEVELS = 17  # grey levels 0..16 in the digits data
+IMAGE_SHAPE = (1, 8, 8)  # one channel, 8 x 8 pixels
+PIXELS = 64
 
 
 @lru_cache(maxsize=1)

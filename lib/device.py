@@ -10,6 +10,8 @@ import random
 import numpy as np
 import torch
 
+from lib.checks import nonnegative_int
+
 
 def default_device() -> torch.device:
     """The fastest device present: CUDA, then Apple's MPS, then the CPU.
@@ -37,8 +39,7 @@ def seed_everything(seed: int) -> torch.Generator:
     On the CPU the same seed gives the same numbers run after run, which is what lets the
     book and the tests agree.
     """
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    nonnegative_int("seed", seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

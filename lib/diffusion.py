@@ -45,7 +45,7 @@ from torch import nn
 
 from lib.checks import float_tensor, one_of, positive_int
 from lib.data import digits, toy2d
-from lib.train import BestWeights, minimise, retrain_main
+from lib.train import BestWeights, evaluating, minimise, retrain_main
 
 SCHEDULES = ("linear", "cosine")
 VARIANCES = ("posterior", "beta")
@@ -737,19 +737,17 @@ class Diffusion(nn.Module):
         """
         positive_int("n", n)
         alpha_bar, times = respace(self.alpha_bar, steps or self.steps)
-        was_training = self.training
-        self.eval()
-        out = ancestral_sample(
-            self.eps,
-            (n, *self.event_shape),
-            alpha_bar,
-            variance=variance,
-            times=times,
-            generator=generator,
-            device=self.device,
-            trajectory=trajectory,
-        )
-        self.train(was_training)
+        with evaluating(self):
+            out = ancestral_sample(
+                self.eps,
+                (n, *self.event_shape),
+                alpha_bar,
+                variance=variance,
+                times=times,
+                generator=generator,
+                device=self.device,
+                trajectory=trajectory,
+            )
         if trajectory:
             return self.from_model(out[0]), out[1]
         return self.from_model(out)

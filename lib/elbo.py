@@ -8,17 +8,16 @@ book/03-elbo.md),
 so the ELBO is a lower bound, tight exactly when q is the posterior. Two latent variable
 models with a tractable log p(x) make every term of this identity computable:
 
-Gaussian mixture z ~ Categorical(weights), x | z=k ~ N(means_k, covs_k). EM is
-coordinate
-                   ascent on the ELBO: the E-step (`gmm_e_step`) sets q to the posterior
-                   (responsibilities) and closes the gap, the M-step (`gmm_m_step`)
-                   raises the ELBO in the parameters, so log p(x) never decreases
-                   (`gmm_em`).
-Probabilistic PCA z ~ N(0, I), x | z ~ N(W z + b, sigma2 I), so p(x) = N(b, W W^T +
-sigma2 I)
-                   (`ppca_log_marginal`) and p(z | x) is Gaussian (`ppca_posterior`).
-                   With a factorised q the gap stays open (`ppca_mean_field_posterior`,
-                   `ppca_em`); importance weighting (`iwae_bound`) closes it as K grows.
+Gaussian mixture   z ~ Categorical(weights), x | z=k ~ N(means_k, covs_k). EM is
+                   coordinate ascent on the ELBO: the E-step (`gmm_e_step`) sets q to
+                   the posterior (responsibilities) and closes the gap, the M-step
+                   (`gmm_m_step`) raises the ELBO in the parameters, so log p(x) never
+                   decreases (`gmm_em`).
+Probabilistic PCA  z ~ N(0, I), x | z ~ N(W z + b, sigma2 I), so p(x) = N(b, W W^T +
+                   sigma2 I) (`ppca_log_marginal`) and p(z | x) is Gaussian
+                   (`ppca_posterior`). With a factorised q the gap stays open
+                   (`ppca_mean_field_posterior`, `ppca_em`); importance weighting
+                   (`iwae_bound`) closes it as K grows.
 
 Shapes: x is (n, d) (use ``x[:, None]`` for 1-D data), means (K, d), covs (K, d, d),
 responsibilities (n, K); PPCA's W is (d, q_dim), b (d,), sigma2 a positive scalar.
@@ -35,7 +34,7 @@ from torch.distributions import (
     kl_divergence,
 )
 
-from lib.checks import float_tensor, positive_int
+from lib.checks import float_tensor, int_in, nonnegative_int, positive_int
 
 # ----------------------------------------------------------------------------------------
 # Checking inputs
@@ -150,9 +149,8 @@ def gmm_elbo(
 
 
 def _elbo_from_log_joint(log_joint: torch.Tensor, resp: torch.Tensor) -> torch.Tensor:
-    expected_log_joint = torch.where(
-        resp > 0, resp * log_joint, 0.0
-    )  # 0 * log 0 = 0 for empty components
+    # 0 * log 0 = 0 for empty components
+    expected_log_joint = torch.where(resp > 0, resp * log_joint, 0.0)
     entropy = -torch.xlogy(resp, resp)
     return (expected_log_joint + entropy).sum()
 
@@ -161,8 +159,8 @@ def gmm_m_step(x: torch.Tensor, resp: torch.Tensor, *, reg: float = 1e-6):
     """The parameters that maximise the ELBO for fixed responsibilities (eq-elbo-m-step):
 
         N_k = sum_n r_nk,   weights_k = N_k / n,   means_k = sum_n r_nk x_n / N_k,
-        covs_k = sum_n r_nk (x_n - means_k)(x_n - means_k)^T / N_k (+ reg I, against
-        collapse).
+        covs_k = sum_n r_nk (x_n - means_k)(x_n - means_k)^T / N_k  (+ reg I, against
+                                                                    collapse).
 
     Returns ``(weights, means, covs)``.
     """
@@ -193,8 +191,7 @@ def gmm_init(x: torch.Tensor, K: int, *, seed: int = 0):
     """A seeded start for EM: K distinct data points as means, the data covariance for
     every component, equal weights. Returns ``(weights, means, covs)``."""
     n, d = _check_x(x).shape
-    if not isinstance(K, int) or isinstance(K, bool) or not 1 <= K <= n:
-        raise ValueError(f"K must be an int in 1..{n} (the number of points), got {K!r}")
+    int_in("K", K, 1, n, " (the number of points)")
     g = torch.Generator().manual_seed(seed)
     means = x[torch.randperm(n, generator=g)[:K].to(x.device)].clone()
     cov = (
@@ -222,20 +219,20 @@ def gmm_em(
 
     Start from ``init = (weights, means, covs)`` or from `gmm_init(x, K, seed)`.
     Iteration t:
-        E-step q_t = p(z | x, theta_{t-1}): ELBO(q_t, theta_{t-1}) = log p(x |
-        theta_{t-1}) M-step theta_t = argmax ELBO(q_t, .): ELBO(q_t, theta_t) <= log p(x
-        | theta_t)
+        E-step   q_t = p(z | x, theta_{t-1}): ELBO(q_t, theta_{t-1}) = log p(x |
+                 theta_{t-1})
+        M-step   theta_t = argmax ELBO(q_t, .): ELBO(q_t, theta_t) <= log p(x | theta_t)
     hard=True restricts q to one-hot assignments (the E-step picks argmax_k p(z_n = k |
     x_n)):
         a variational EM whose gap, -sum_n log p(z_n* | x_n), stays open.
     Returns ``((weights, means, covs), history)`` with history entries
-        "log_likelihood" log p(x | theta_t) for t = 0..iterations (length iterations +
-        1) "elbo_e_step" ELBO(q_t, theta_{t-1}) (length iterations) "elbo_m_step"
-        ELBO(q_t, theta_t) (length iterations)
+        "log_likelihood"  log p(x | theta_t) for t = 0..iterations (length iterations +
+                          1)
+        "elbo_e_step"     ELBO(q_t, theta_{t-1})                    (length iterations)
+        "elbo_m_step"     ELBO(q_t, theta_t)                        (length iterations)
     """
     x = _check_x(x)
-    if not isinstance(iterations, int) or isinstance(iterations, bool) or iterations < 0:
-        raise ValueError(f"iterations must be a non-negative int, got {iterations!r}")
+    nonnegative_int("iterations", iterations)
     if init is None:
         if K is None:
             raise ValueError(
@@ -254,16 +251,16 @@ def gmm_em(
         "elbo_m_step": [],
     }
     for _ in range(iterations):
-        resp = torch.softmax(log_joint, 1)  # = gmm_e_step
+        # = gmm_e_step
+        resp = torch.softmax(log_joint, 1)
         if hard:
             resp = torch.nn.functional.one_hot(resp.argmax(1), resp.shape[1]).to(x.dtype)
         history["elbo_e_step"].append(_elbo_from_log_joint(log_joint, resp))
         weights, means, covs = gmm_m_step(x, resp, reg=reg)
         log_joint = gmm_log_joint(x, weights, means, covs)
         history["elbo_m_step"].append(_elbo_from_log_joint(log_joint, resp))
-        history["log_likelihood"].append(
-            torch.logsumexp(log_joint, 1).sum()
-        )  # = gmm_log_likelihood
+        # = gmm_log_likelihood
+        history["log_likelihood"].append(torch.logsumexp(log_joint, 1).sum())
     empty = x.new_zeros(0)
     return (weights, means, covs), {
         k: torch.stack(v) if v else empty for k, v in history.items()
@@ -435,8 +432,7 @@ def ppca_em(
     the points.
     """
     n, d = _check_x(x).shape
-    if not isinstance(q_dim, int) or not 1 <= q_dim <= d:
-        raise ValueError(f"q_dim must be an int in 1..{d}, got {q_dim!r}")
+    int_in("q_dim", q_dim, 1, d)
     if init is None:
         g = torch.Generator().manual_seed(seed)
         W = torch.randn(d, q_dim, generator=g, dtype=x.dtype).to(x.device)
@@ -520,8 +516,7 @@ class LinearGaussianVAE(torch.nn.Module):
 
     def __init__(self, d: int, q_dim: int, *, seed: int = 0):
         super().__init__()
-        if not isinstance(d, int) or not isinstance(q_dim, int) or not 1 <= q_dim <= d:
-            raise ValueError(f"need ints 1 <= q_dim <= d, got d={d!r}, q_dim={q_dim!r}")
+        int_in("q_dim", q_dim, 1, positive_int("d", d))
         g = torch.Generator().manual_seed(seed)
         self.W = torch.nn.Parameter(torch.randn(d, q_dim, generator=g))
         self.b = torch.nn.Parameter(torch.zeros(d))

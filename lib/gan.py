@@ -30,10 +30,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from lib.checks import float_tensor, one_of, positive_int
-from lib.data import TOY2D_STD, digits, toy2d, toy2d_modes
+from lib.checks import float_tensor, nonnegative_int, one_of, positive_int
+from lib.data import PIXELS, TOY2D_STD, digits, toy2d, toy2d_modes
 from lib.train import retrain_main, show_progress
-from lib.vae import mlp
+from lib.nets import mlp
 
 GENERATOR_LOSSES = ("non-saturating", "saturating")
 
@@ -73,9 +73,10 @@ def generator_loss(
     """The generator's loss on a minibatch of generated samples (eq-gan-g-losses in
     book/08-gan.md):
 
-        saturating E_z[log(1 - D(G(z)))] = -mean softplus(fake_logits) (the minimax
-        game) non-saturating -E_z[log D(G(z))] = mean softplus(-fake_logits) (Goodfellow
-        et al.'s fix)
+        saturating       E_z[log(1 - D(G(z)))] = -mean softplus(fake_logits) (the
+                         minimax game)
+        non-saturating  -E_z[log D(G(z))] = mean softplus(-fake_logits) (Goodfellow et
+                        al.'s fix)
 
     Both are minimised by making D(G(z)) large; only the non-saturating one has a large
     gradient where D confidently rejects the samples, i.e. at the start of training.
@@ -139,7 +140,8 @@ def js_divergence(log_p: torch.Tensor, log_q: torch.Tensor, dx: float) -> torch.
         )
     log_m = torch.logaddexp(log_p, log_q) - math.log(2)
 
-    def p_log_ratio(log_a):  # a (log a - log m), with 0 log 0 = 0 where a = 0
+    # a (log a - log m), with 0 log 0 = 0 where a = 0
+    def p_log_ratio(log_a):
         return torch.where(log_a > -math.inf, log_a.exp() * (log_a - log_m), 0.0)
 
     return torch.trapezoid(0.5 * p_log_ratio(log_p) + 0.5 * p_log_ratio(log_q), dx=dx)
@@ -158,18 +160,19 @@ class GAN(torch.nn.Module):
     """A generator G: z -> x and a discriminator x -> logit, both MLPs with LeakyReLU.
 
     The generator is a VAE decoder made deterministic (eq-gan-generator in
-    book/08-gan.md): x = G(z), z ~ N(0, I), with no noise model p(x | z) around it,
-    hence no likelihood to evaluate. It has ``depth`` hidden layers of ``hidden`` units;
-    the discriminator has ``d_depth`` layers of ``d_hidden`` units (by default the
-    same). ``pack = m > 1`` makes the discriminator a PacGAN_m (Lin et al. 2018): it
-    reads m samples concatenated, ``(n, d) -> (n / m, m d)``, all real or all generated,
-    and returns one logit per pack (eq-gan-pack). ``out="tanh"`` squashes samples into
-    (-1, 1) (images); the default output is linear (toy data). ``scale`` is a fixed
-    change of units: the generator's output is multiplied by it and the discriminator's
-    input divided by it, so that both networks work with data of size about 1 (the grid
-    spans [-4, 4]). ``batch_norm=True`` gives the generator BatchNorm and ReLU after
-    each hidden linear layer, as in the PacGAN paper's toy generators; the model must
-    then be in eval mode to sample with the running statistics.
+    book/08-gan.md):
+    x = G(z), z ~ N(0, I), with no noise model p(x | z) around it, hence no likelihood to
+    evaluate. It has ``depth`` hidden layers of
+    ``hidden`` units; the discriminator has ``d_depth`` layers of ``d_hidden`` units (by
+    default the same). ``pack = m > 1`` makes the discriminator a PacGAN_m (Lin et al.
+    2018): it reads m samples concatenated, ``(n, d) -> (n / m, m d)``, all real or all
+    generated, and returns one logit per pack (eq-gan-pack). ``out="tanh"`` squashes
+    samples into (-1, 1) (images); the default output is linear (toy data). ``scale`` is
+    a fixed change of units: the generator's output is multiplied by it and the
+    discriminator's input divided by it, so that both networks work with data of size
+    about 1 (the grid spans [-4, 4]). ``batch_norm=True`` gives the generator BatchNorm
+    and ReLU after each hidden linear layer, as in the PacGAN paper's toy generators;
+    the model must then be in eval mode to sample with the running statistics.
     """
 
     def __init__(
@@ -278,8 +281,8 @@ def train_gan(
     device: no host synchronisation.
 
     lr, d_lr: the Adam learning rates of the generator and the discriminator (``d_lr``
-    defaults
-              to ``lr``); ``schedule="cosine"`` decays both to zero over the run.
+              defaults to ``lr``); ``schedule="cosine"`` decays both to zero over the
+              run.
     snapshots: steps (0..steps) at which to record ``n_snapshot`` samples on a fixed
     noise batch. Returns the history, like `lib.train.minimise`: "d_loss" (the last
     discriminator step's), "g_loss", "d_real" and "d_fake" (mean D on the data and on
@@ -289,8 +292,7 @@ def train_gan(
     float_tensor("x", x, dim=2, shape=f"(n, {model.data_dim})")
     if x.shape[1] != model.data_dim:
         raise ValueError(f"x must have shape (n, {model.data_dim}), got {tuple(x.shape)}")
-    if not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+    nonnegative_int("steps", steps)
     positive_int("batch_size", batch_size)
     positive_int("d_steps", d_steps)
     one_of("kind", kind, GENERATOR_LOSSES)
@@ -322,7 +324,8 @@ def train_gan(
 
     def snapshot(step):
         if step in snapshots:
-            model.eval()  # what sampling will show (BatchNorm's running statistics)
+            # what sampling will show (BatchNorm's running statistics)
+            model.eval()
             with torch.no_grad():
                 shots[step] = model.generate(z_fixed)
             model.train()
@@ -342,9 +345,8 @@ def train_gan(
             opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             opt_d.step()
-        g_loss = generator_loss(
-            model.logits(model.generate(noise())), kind
-        )  # the generator, with D fixed
+        # the generator, with D fixed
+        g_loss = generator_loss(model.logits(model.generate(noise())), kind)
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         opt_g.step()
@@ -405,36 +407,35 @@ def mode_coverage(
 
 TOY_SEEDS = (0, 1, 2)
 TOY_PACKS = (1, 2)  # 1: the plain GAN, 2: PacGAN2
-TOY_SCALE = {
-    "ring": 1.0,
-    "grid": 2.0 * math.sqrt(2.0),
-}  # the data's standard deviation per coordinate
+# the data's standard deviation per coordinate
+TOY_SCALE = {"ring": 1.0, "grid": 2.0 * math.sqrt(2.0)}
 _MLPS = dict(latent_dim=2, hidden=128, depth=3, d_hidden=128, d_depth=2)
 _GRID_TRAINING = dict(
     steps=20_000, batch_size=256, lr=1e-3, d_lr=2e-3, d_steps=2, schedule="cosine"
 )
-TOY_EXPERIMENTS = {  # name -> data set, model and training, the same for GAN and PacGAN2
+# name -> data set, model and training, the same for GAN and PacGAN2
+TOY_EXPERIMENTS = {
     "ring": dict(
         data="ring",
         model=_MLPS,
         training=dict(steps=15_000, batch_size=256, lr=5e-4, schedule="cosine"),
     ),
-    "grid": dict(
-        data="grid", model=_MLPS, training=_GRID_TRAINING
-    ),  # a stronger discriminator than the ring's
+    # a stronger discriminator than the ring's
+    "grid": dict(data="grid", model=_MLPS, training=_GRID_TRAINING),
     "grid-bn": dict(
         data="grid", model=_MLPS | dict(batch_norm=True), training=_GRID_TRAINING
     ),
 }
 TOY_SNAPSHOTS = (0, 500, 1000, 2500, 5000)  # and the last step
-TOY_HISTORY_EVERY = 100  # loss histories are stored as means over blocks of 100 steps
+# loss histories are stored as means over blocks of 100 steps
+TOY_HISTORY_EVERY = 100
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 
 
 def toy_gan(name: str, pack: int, seed: int) -> GAN:
     """The GAN (pack = 1) or PacGAN2 (pack = 2) of the experiment ``name`` in
-    book/08-gan.md: "ring", "grid" or "grid-bn" (the grid with a batch-normalised
-    generator)."""
+    book/08-gan.md:
+    "ring", "grid" or "grid-bn" (the grid with a batch-normalised generator)."""
     one_of("name", name, TOY_EXPERIMENTS)
     experiment = TOY_EXPERIMENTS[name]
     return GAN(
@@ -499,9 +500,9 @@ def load_toy_gans(names=tuple(TOY_EXPERIMENTS)) -> dict:
     """Load the trained GANs of the toy experiments (see `train_toy_gans`).
 
     Returns ``{"models": {(name, pack, seed): GAN in eval mode}, "runs": {(name, pack,
-    seed): {"coverage": (modes, high-quality fraction) at training time, "history":
-    {...} with a "step" axis, "snapshots": {step: 500 samples on a fixed noise
-    batch}}}}``.
+    seed):
+    {"coverage": (modes, high-quality fraction) at training time, "history": {...} with a
+    "step" axis, "snapshots": {step: 500 samples on a fixed noise batch}}}}``.
     """
     models, runs = {}, {}
     for name in names:
@@ -539,7 +540,7 @@ DIGITS_TRAINING = dict(steps=10_000, batch_size=64, lr=5e-4, schedule="cosine")
 
 def digits_gan(pack: int = 1, seed: int = 0) -> GAN:
     """A GAN for the 8x8 digits, flattened to 64 values in [-1, 1] (`digits_to_unit`)."""
-    return GAN(64, **DIGITS_MODEL, pack=pack, seed=seed)
+    return GAN(PIXELS, **DIGITS_MODEL, pack=pack, seed=seed)
 
 
 def digits_to_unit(x: torch.Tensor) -> torch.Tensor:

@@ -142,8 +142,8 @@ class CallFailed(AssertionError):
 
 def probe(fn):
     """Mark a test helper that must run in the student's kernel, next to the student's
-    code: `call(helper, ...)` then sends it there with its inputs (see the module
-    docstring)."""
+    code:
+    `call(helper, ...)` then sends it there with its inputs (see the module docstring)."""
     fn.__grading_probe__ = True
     return fn
 
@@ -726,9 +726,8 @@ def tamper_scan(reset: bool = False) -> list[str]:
                 if changed:
                     found.append(f"builtins changed: {', '.join(changed[:5])}")
             elif key.startswith("lib."):
-                if (
-                    old is not None and old != value
-                ):  # a lib module imported later is no change
+                # a lib module imported later is no change
+                if old is not None and old != value:
                     found.append(f"{key} replaced or rewritten")
             elif old != value:
                 found.append(f"{key} changed")
@@ -741,9 +740,8 @@ def tamper_scan(reset: bool = False) -> list[str]:
         for attr, v in list(vars(sys.modules["__main__"]).items()):
             if isinstance(v, types.FunctionType) and id(v.__code__) in lib_code:
                 reference, original = lib_code[id(v.__code__)]
-                if (
-                    id(v) != original
-                ):  # not an import: a new function around the reference's code
+                # not an import: a new function around the reference's code
+                if id(v) != original:
                     found.append(
                         f"{attr} runs the code of {reference} (the reference, copied)"
                     )

@@ -1,8 +1,8 @@
 """Chapter 01: the Kullback-Leibler divergence.
 
 Every function takes its arguments in the order of
-``torch.distributions.kl_divergence(p, q)`` and returns KL(p || q) = E_p[log p(x) - log
-q(x)] (eq-kl-def in book/01-kl.md).
+``torch.distributions.kl_divergence(p, q)``
+and returns KL(p || q) = E_p[log p(x) - log q(x)]   (eq-kl-def in book/01-kl.md).
 """
 
 import torch
@@ -166,10 +166,9 @@ def fit_gaussian(
 ):
     """Fit a factorised Gaussian q to ``target`` by stochastic gradient descent on a KL.
 
-    direction="forward": minimise KL(target || q) = -E_target[log q(x)] + const, with
-    samples
-                          of the target (mass-covering; optimum: the target's mean and
-                          marginal variances Sigma_ii).
+    direction="forward":  minimise KL(target || q) = -E_target[log q(x)] + const, with
+                          samples of the target (mass-covering; optimum: the target's
+                          mean and marginal variances Sigma_ii).
     direction="reverse":  minimise KL(q || target) = E_q[log q(z) - log target(z)], with
                           reparameterised samples of q (mode-seeking; for a Gaussian
                           target the optimum has variances 1 / Lambda_ii, Lambda =
@@ -185,9 +184,8 @@ def fit_gaussian(
     torch.manual_seed(seed)
     try:
         event_dims = len(target.event_shape)
-        loc = (
-            target.sample().detach().clone().requires_grad_(True)
-        )  # start at a draw of the target
+        # start at a draw of the target
+        loc = target.sample().detach().clone().requires_grad_(True)
         log_scale = torch.zeros_like(loc, requires_grad=True)
 
         def q_now():

@@ -11,10 +11,10 @@ distribution over L levels (grey levels, binary pixels, or the K codes of a VQ-V
 Training evaluates all D conditionals in one pass; that needs a network whose output at
 pixel i never sees the input at pixels j >= i. Masked convolutions give exactly that:
 
-PixelCNN a type-A masked convolution (the centre pixel is excluded), then type-B masked
-                convolutions (the centre is allowed: it only carries information about
-                x_<i). Stacked 3x3 masks grow a receptive field with a blind spot to the
-                upper right.
+PixelCNN        a type-A masked convolution (the centre pixel is excluded), then type-B
+                masked convolutions (the centre is allowed: it only carries information
+                about x_<i). Stacked 3x3 masks grow a receptive field with a blind spot
+                to the upper right.
 GatedPixelCNN   a vertical stack (everything above the current row) and a horizontal stack
                 (the current row, to the left), joined by a down-shift, with gated units
                 tanh(a) * sigmoid(b): no blind spot.
@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 from lib.checks import float_tensor, one_of, positive_int
 from lib.data import bits_per_dim, digits
 from lib.device import seed_everything
-from lib.train import fit_early_stopping, retrain_main, show_progress
+from lib.train import evaluating, fit_early_stopping, retrain_main, show_progress
 
 CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
 
@@ -186,9 +186,8 @@ def _as_levels(x, levels: int) -> torch.Tensor:
         )
     if x.dtype == torch.bool or x.is_complex():
         raise TypeError(f"x must hold integer levels, got dtype {x.dtype}")
-    check_values = (
-        x.device.type == "cpu"
-    )  # elsewhere the checks would cost a host sync per step
+    # elsewhere the checks would cost a host sync per step
+    check_values = x.device.type == "cpu"
     if check_values and x.is_floating_point() and not torch.equal(x, x.round()):
         raise ValueError(
             "x must hold whole numbers (levels 0..L-1), got fractional values"
@@ -383,15 +382,14 @@ class GatedLayer(nn.Module):
     horizontal stack h.
 
     v: a (k//2 + 1) x k convolution over rows i - k//2 .. i, all within k//2 columns. v
-    at row
-       i may see the input's row i; it reaches h only through `down_shift`, one row lower.
+       at row i may see the input's row i; it reaches h only through `down_shift`, one
+       row lower.
     h: a 1 x (k//2 + 1) convolution over columns j - k//2 .. j of the current row ("B"),
-    or
-       1 x k//2 over columns j - k//2 .. j - 1 in the first layer ("A"), plus a 1x1 map of
-       the down-shifted vertical features. Both stacks are gated, tanh(a) * sigmoid(b)
-       (with the conditioning added to a and b). Returns the new v and the update of h
-       (a 1x1 map of the gated units), which the model adds to h after the first layer
-       (a residual).
+       or 1 x k//2 over columns j - k//2 .. j - 1 in the first layer ("A"), plus a 1x1
+       map of the down-shifted vertical features. Both stacks are gated, tanh(a) *
+       sigmoid(b) (with the conditioning added to a and b). Returns the new v and the
+       update of h (a 1x1 map of the gated units), which the model adds to h after the
+       first layer (a residual).
     """
 
     def __init__(
@@ -416,9 +414,8 @@ class GatedLayer(nn.Module):
     def vertical_step(self, v, c=None):
         """The new vertical stack, and its contribution to the horizontal one (rows
         above only)."""
-        v_pre = self.vertical(
-            F.pad(v, (self.p, self.p, self.p, 0))
-        )  # rows i-p..i, columns j-p..j+p
+        # rows i-p..i, columns j-p..j+p
+        v_pre = self.vertical(F.pad(v, (self.p, self.p, self.p, 0)))
         link = self.link(down_shift(v_pre))  # rows < i
         if c is not None:
             v_pre = v_pre + self.cond_v(c)
@@ -429,8 +426,10 @@ class GatedLayer(nn.Module):
         at a time gives the same result as the whole image."""
         h_pre = self.horizontal(F.pad(h, (self.p, 0, 0, 0)))
         if self.first:
-            h_pre = h_pre[..., :-1]  # columns j-p..j-1 (type A)
-        h_pre = h_pre + link  # else columns j-p..j (type B)
+            # columns j-p..j-1 (type A)
+            h_pre = h_pre[..., :-1]
+        # else columns j-p..j (type B)
+        h_pre = h_pre + link
         if c is not None:
             h_pre = h_pre + self.cond_h(c)
         return self.out(_gate(h_pre))
@@ -536,18 +535,18 @@ def sample(
     Returns a long tensor (n, 1, H, W) with levels 0..L-1 on the model's device.
     cond:   labels (n,) or a map (n, cond_channels, h, w), as the model was built for.
     argmax: take the most probable level instead of sampling (deterministic; for tests).
-    seed: seed of the sampling generator (on the model's device); None uses torch's
-    global one. naive: run the whole network on the whole image for every pixel (H * W
-    full passes). By
-            default the work that cannot change the result is skipped, with the same
-            logits: GatedPixelCNN runs its vertical stack once per row (it only sees
-            rows above) and its horizontal stack on the current row; PixelCNN runs on
-            the pixel's causal window. Both crop to the receptive field, so the cost per
-            pixel stops growing with the image.
+    seed:   seed of the sampling generator (on the model's device); None uses torch's
+            global one.
+    naive:  run the whole network on the whole image for every pixel (H * W full
+            passes). By default the work that cannot change the result is skipped, with
+            the same logits:
+            GatedPixelCNN runs its vertical stack once per row (it only sees rows above)
+            and its horizontal stack on the current row; PixelCNN runs on the pixel's
+            causal window. Both crop to the receptive field, so the cost per pixel stops
+            growing with the image.
     progress: a tqdm bar over the pixels, for a run that lasts more than
-    `SAMPLING_BAR_DELAY_S`
-            (None: as `lib.train.show_progress` decides, so in a notebook or a terminal
-            only).
+            `SAMPLING_BAR_DELAY_S` (None: as `lib.train.show_progress` decides, so in a
+            notebook or a terminal only).
     """
     positive_int("n", n)
     if not (isinstance(shape, (tuple, list)) and len(shape) == 2):
@@ -555,9 +554,7 @@ def sample(
     H, W = positive_int("shape[0]", shape[0]), positive_int("shape[1]", shape[1])
     device = _device(model)
     generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
+    with evaluating(model), torch.no_grad():
         c = model.cond_map(cond, n, H, W)
         x = torch.zeros(n, H, W, dtype=torch.long, device=device)
         row_cache = not naive and isinstance(model, GatedPixelCNN)
@@ -586,14 +583,12 @@ def sample(
                     )[:, 0]
                 bar.update()
         bar.close()
-    model.train(was_training)
     return x[:, None]
 
 
 def _embed(model, x):
-    return model.embedding(x).permute(
-        0, 3, 1, 2
-    )  # the sampler's levels are valid: no checks, no host sync
+    # the sampler's levels are valid: no checks, no host sync
+    return model.embedding(x).permute(0, 3, 1, 2)
 
 
 def _crop_rows(c, top, bottom):
@@ -668,8 +663,9 @@ def dependency_matrix(f, x: torch.Tensor) -> torch.Tensor:
 
     f: a function from a float tensor (1, C, H, W) to outputs (1, K, H, W); x: the point
     where the gradients are taken. Returns a bool tensor (H*W, H*W), pixels in raster
-    order: D[i, j] is True when d(sum_k f(x)[0, k, pixel i]) / d x[0, :, pixel j] is not
-    all zero. A causal network has D[i, j] False for every j >= i (D is strictly lower
+    order:
+    D[i, j] is True when d(sum_k f(x)[0, k, pixel i]) / d x[0, :, pixel j] is not all
+    zero. A causal network has D[i, j] False for every j >= i (D is strictly lower
     triangular).
     """
     float_tensor("x", x, dim=4, shape="(1, C, H, W)")
@@ -736,20 +732,18 @@ def receptive_field(
 @torch.no_grad()
 def nll(model: _Autoregressive, x, cond=None, *, batch_size: int = 500) -> torch.Tensor:
     """Mean negative log-likelihood of a data set, in nats per image (a 0-dim tensor)."""
-    was_training = model.training
-    model.eval()
-    total = torch.zeros((), device=_device(model))
-    for start in range(0, len(x), batch_size):
-        c = None if cond is None else cond[start : start + batch_size]
-        total = total - model.log_prob(x[start : start + batch_size], c).sum()
-    model.train(was_training)
+    with evaluating(model):
+        total = torch.zeros((), device=_device(model))
+        for start in range(0, len(x), batch_size):
+            c = None if cond is None else cond[start : start + batch_size]
+            total = total - model.log_prob(x[start : start + batch_size], c).sum()
     return total / len(x)
 
 
 CONFIGS = {
     # name: GatedPixelCNN arguments and training settings (about 130,000 parameters;
-    # about 80 s
-    # each on one CPU thread). Wider models memorise the 1000 training digits sooner.
+    # about 80 s each on one CPU thread). Wider models memorise the 1000 training digits
+    # sooner.
     "digits17": dict(
         levels=17,
         channels=32,

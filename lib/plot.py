@@ -164,9 +164,8 @@ def results_table(rows: list[dict], *, digits: int = 4):
         if isinstance(value, torch.Tensor):
             value = value.item()
         text = f"{value:.{digits}g}" if isinstance(value, float) else str(value)
-        return text.replace(
-            "|", "\\|"
-        )  # a bare | would split the cell ("|mean|", "p(x|z)")
+        # a bare | would split the cell ("|mean|", "p(x|z)")
+        return text.replace("|", "\\|")
 
     lines = [
         "| " + " | ".join(cell(c) for c in columns) + " |",

@@ -4,25 +4,24 @@ The objective is an expectation under a distribution with parameters phi,
 L(phi) = E_{q_phi(z)}[f(z)], and we want its gradient from samples
 (book/05-reparameterization.md).
 
-Score function (REINFORCE) grad L = E_q[(f(z) - b) grad_phi log q_phi(z)]
-(eq-reparam-score)
-                             needs only samples and log q; works for discrete z and any f;
-                             `score_function_grad`.
+Score function (REINFORCE)   grad L = E_q[(f(z) - b) grad_phi log q_phi(z)]
+                             (eq-reparam-score): needs only samples and log q; works
+                             for discrete z and any f; `score_function_grad`.
 Pathwise (reparameterised)   z = g(eps, phi), eps ~ p(eps) free of phi:
                              grad L = E_eps[grad_phi f(g(eps, phi))]
-                             (eq-reparam-pathwise) needs a differentiable f and sampler;
+                             (eq-reparam-pathwise): needs a differentiable f and sampler;
                              `pathwise_grad`.
 
 Samplers written as z = g(eps, phi), so that gradients reach the parameters, in the three
 families of Kingma & Welling (2014):
 
-inverse CDF z = F^{-1}(u; phi), u ~ U(0, 1) (eq-reparam-inverse-cdf)
+inverse CDF      z = F^{-1}(u; phi), u ~ U(0, 1)  (eq-reparam-inverse-cdf)
                  `sample_inverse_cdf`, `sample_exponential`, `sample_weibull`,
                  `sample_gumbel`
-location-scale z = loc + scale * eps, eps ~ the standard member
-(eq-reparam-location-scale)
+location-scale   z = loc + scale * eps, eps ~ the standard member
+                 (eq-reparam-location-scale)
                  `sample_normal`, `sample_laplace`, `sample_student_t`
-composition z = h(eps_1, ..., eps_m) of simpler variates (eq-reparam-composition)
+composition      z = h(eps_1, ..., eps_m) of simpler variates  (eq-reparam-composition)
                  `sample_lognormal`, `sample_erlang`, `sample_beta`
 
 Discrete z has no such g; the Gumbel-max trick samples it exactly (`gumbel_max`) and the
@@ -42,7 +41,7 @@ from contextlib import contextmanager
 
 import torch
 
-from lib.checks import float_tensor, positive_int
+from lib.checks import float_tensor, is_int, positive_int
 
 # ----------------------------------------------------------------------------------------
 # Checking inputs
@@ -72,10 +71,10 @@ def _positive(name: str, value: torch.Tensor) -> None:
 
 
 def _shape(shape) -> tuple[int, ...]:
-    if isinstance(shape, int) and not isinstance(shape, bool):
+    if is_int(shape):
         shape = (shape,)
     if not isinstance(shape, (tuple, list, torch.Size)) or not all(
-        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape
+        is_int(s) and s >= 0 for s in shape
     ):
         raise ValueError(
             f"shape must be a tuple of non-negative ints (the sample shape), got "
@@ -282,8 +281,8 @@ def _check_logits(logits) -> torch.Tensor:
 
 def gumbel_max(logits: torch.Tensor, shape=(), *, generator=None) -> torch.Tensor:
     """Exact samples of Categorical(softmax(logits)) by the Gumbel-max trick
-    (eq-reparam-gumbel-max): k = argmax_j (logits_j + g_j), g_j ~ Gumbel(0, 1)
-    independent.
+    (eq-reparam-gumbel-max):
+    k = argmax_j (logits_j + g_j), g_j ~ Gumbel(0, 1) independent.
 
     Returns int64 indices of shape ``shape + logits.shape[:-1]``. The argmax is piecewise
     constant in the logits: a sample, but no gradient.
@@ -397,18 +396,17 @@ def pathwise_grad(
     """n independent one-sample pathwise estimates of grad_params E[f(z)]
     (eq-reparam-pathwise):
 
-        grad_phi f(g(eps_i, phi)) = f'(z_i) dg(eps_i, phi)/dphi, eps_i independent of
-        phi.
+        grad_phi f(g(eps_i, phi)) = f'(z_i) dg(eps_i, phi)/dphi,  eps_i independent of
+                                                                  phi.
 
     rsample: ``rsample(*params) -> z`` draws one sample per row: it gets every parameter
-    with a
-             leading sample dimension of size n and returns z with leading dimension n,
-             with the gradient path intact (e.g. ``lambda m, s: sample_normal(m, s)`` or
-             ``lambda m, s: Normal(m, s).rsample()``).
-    f: maps z to one value per sample, shape (n,), without mixing samples. Where
-    autograd
-             sees no dependence of f(z) on z (a step function), the estimates are zeros:
-             the pathwise estimator cannot see through a piecewise constant f.
+             with a leading sample dimension of size n and returns z with leading
+             dimension n, with the gradient path intact (e.g. ``lambda m, s:
+             sample_normal(m, s)`` or ``lambda m, s: Normal(m, s).rsample()``).
+    f:       maps z to one value per sample, shape (n,), without mixing samples. Where
+             autograd sees no dependence of f(z) on z (a step function), the estimates
+             are zeros: the pathwise estimator cannot see through a piecewise constant
+             f.
     Returns one tensor per parameter, of shape (n, *param.shape); their mean over dim 0
     is the n-sample estimate, their variance the per-sample variance of the estimator.
     """
@@ -428,9 +426,8 @@ def pathwise_grad(
             "(use a reparameterised sampler, e.g. rsample() rather than sample())"
         )
     total = _values(f, z, n).sum()
-    if (
-        not total.requires_grad
-    ):  # f is piecewise constant (a comparison, an argmax): its derivative is 0
+    # f is piecewise constant (a comparison, an argmax): its derivative is 0
+    if not total.requires_grad:
         return tuple(torch.zeros_like(leaf) for leaf in leaves)
     grads = torch.autograd.grad(total, leaves, allow_unused=True)
     return _zeros_for_unused(grads, leaves)
@@ -444,16 +441,15 @@ def score_function_grad(
 
         (f(z_i) - b) grad_phi log q_phi(z_i),  z_i ~ q_phi, no gradient through z_i or f.
 
-    dist: ``dist(*params) -> torch.distributions.Distribution`` with batch shape
-    starting
-              with n (it gets every parameter with a leading sample dimension of size
-              n); one sample per row is drawn with ``sample()`` and scored with
+    dist:     ``dist(*params) -> torch.distributions.Distribution`` with batch shape
+              starting with n (it gets every parameter with a leading sample dimension
+              of size n); one sample per row is drawn with ``sample()`` and scored with
               ``log_prob``, summed over the other dimensions. Works for discrete
               distributions too.
     baseline: b, a float or a tensor broadcastable to (n,) that does not depend on z_i
-    (e.g. an
-              estimate of E[f] from other samples): subtracting it keeps the estimator
-              unbiased, because E_q[grad log q] = 0, and can shrink its variance.
+              (e.g. an estimate of E[f] from other samples): subtracting it keeps the
+              estimator unbiased, because E_q[grad log q] = 0, and can shrink its
+              variance.
     Returns one tensor per parameter, of shape (n, *param.shape).
     """
     if not callable(dist) or not callable(f):

@@ -12,11 +12,12 @@ import math
 import os
 import sys
 from collections import defaultdict
+from contextlib import contextmanager
 
 import torch
 from tqdm.auto import tqdm
 
-from lib.checks import positive_int
+from lib.checks import int_in, nonnegative_int, positive_int
 
 
 PROGRESS_ENV = "DGM_PROGRESS"
@@ -57,6 +58,19 @@ def show_progress(progress=None) -> bool:
     return interactive()
 
 
+@contextmanager
+def evaluating(model: torch.nn.Module):
+    """``with evaluating(model):`` runs the block in eval mode (dropout off, batch norm on
+    its running statistics), then puts the model back in the mode it was in, also when
+    the block raises."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 def minimise(
     objective,
     parameters,
@@ -71,13 +85,13 @@ def minimise(
     """Take ``steps`` optimiser steps on ``objective(step) -> {"loss": scalar, ...}``.
 
     parameters: the tensors to optimise (ignored when ``optimizer`` is given; Adam
-    otherwise). schedule: ``"constant"`` learning rate, or ``"cosine"`` decay to zero
-    over the run, which
-              removes most of the stochastic-gradient noise from the final parameters.
+                otherwise).
+    schedule: ``"constant"`` learning rate, or ``"cosine"`` decay to zero over the run,
+              which removes most of the stochastic-gradient noise from the final
+              parameters.
     Returns the history: every named term, as a 1-D CPU tensor with one entry per step.
     """
-    if not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+    nonnegative_int("steps", steps)
     if schedule not in ("constant", "cosine"):
         raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
     if optimizer is None:
@@ -125,16 +139,14 @@ def fit(
     """Train ``model`` on in-memory tensors with minibatches; return the loss history.
 
     data: one or more tensors with the same first dimension (e.g. ``x`` or ``x, y``), on
-    the
-          device the model lives on. Each epoch visits them in a fresh seeded order.
+          the device the model lives on. Each epoch visits them in a fresh seeded order.
     loss: ``loss(*batch) -> dict`` with a ``"loss"`` entry; defaults to ``model.loss``.
     autocast: compute the loss under bfloat16 autocast on the data's device (matrix
-    products
-              in bf16, reductions in float32; the backward pass follows). It pays on
-              GPUs with bf16 tensor cores, and costs on CPUs without bf16 units:
+              products in bf16, reductions in float32; the backward pass follows). It
+              pays on GPUs with bf16 tensor cores, and costs on CPUs without bf16 units:
               benchmarks/RESULTS.md.
     compiled: run the loss through ``torch.compile``; the first step pays for the
-    compilation.
+              compilation.
     """
     if not data:
         raise ValueError("fit needs at least one data tensor")
@@ -146,8 +158,7 @@ def fit(
                 f"{type(tensor).__name__} of length "
                 f"{len(tensor) if hasattr(tensor, '__len__') else '?'}"
             )
-    if not isinstance(batch_size, int) or not 0 < batch_size <= n:
-        raise ValueError(f"batch_size must be an int in 1..{n}, got {batch_size!r}")
+    int_in("batch_size", batch_size, 1, n)
     loss = model.loss if loss is None else loss
     if compiled:
         loss = torch.compile(loss)
@@ -224,8 +235,8 @@ def fit_early_stopping(
 
     optimizer: Adam with learning rate ``lr`` unless given (e.g. AdamW with weight decay).
     schedule: ``"constant"``, or ``"cosine"``: before round r of R, every parameter
-    group's
-              learning rate is set to its initial value times (1 + cos(pi r / R)) / 2.
+              group's learning rate is set to its initial value times (1 + cos(pi r /
+              R)) / 2.
     Returns the history, one entry per round: "step" (steps taken), "train" (mean
     training loss of the round), "val" (the score).
     """
@@ -290,7 +301,6 @@ def retrain_main(description: str, names, retrain, argv=None) -> None:
     unknown = [name for name in args.names if name not in names]
     if unknown:
         parser.error(f"unknown names {unknown}: choose from {names}")
-    torch.set_num_threads(
-        1
-    )  # small models: one thread is the fastest, and kind to a shared machine
+    # small models: one thread is the fastest, and kind to a shared machine
+    torch.set_num_threads(1)
     retrain(args.names or names)

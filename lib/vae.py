@@ -17,8 +17,8 @@ The interface (what other chapters plug into)
 encoder   any nn.Module with ``encoder(x, context=None) -> (mu, logvar)``, each (n, L).
           `GaussianEncoder` wraps a network that outputs 2L numbers per image.
 decoder   any nn.Module with
-              ``log_prob(x, z, context=None)`` log p(x | z), summed over the pixels of
-              one image:
+              ``log_prob(x, z, context=None)``  log p(x | z), summed over the pixels of
+                                                one image:
                                                 z is (..., n, L), x is (n, *event_shape),
                                                 the result has shape z.shape[:-1];
               ``sample(z, context=None)``       x ~ p(x | z);
@@ -55,11 +55,11 @@ from torch import nn
 from torch.distributions import Bernoulli, Categorical, Independent, Normal
 
 from lib.checks import float_tensor, gaussian_parameters, one_of, positive_int
-from lib.data import digits
+from lib.data import IMAGE_SHAPE, LEVELS, PIXELS, digits
+from lib.nets import mlp  # noqa: F401 (re-exported: pages and notebooks use lib.vae.mlp)
 from lib.train import fit_early_stopping, retrain_main
 
 LOG_2PI = math.log(2 * math.pi)
-IMAGE_SHAPE = (1, 8, 8)
 LIKELIHOODS = ("bernoulli", "categorical", "gaussian")
 ARCHS = ("mlp", "conv")
 
@@ -103,17 +103,6 @@ def reparameterize(
 # Encoders and decoders: networks that output the parameters of a distribution
 
 
-def mlp(sizes, activation=nn.LeakyReLU, *, batch_norm: bool = False) -> nn.Sequential:
-    """Linear layers of the given sizes with an activation between them (none after the
-    last); ``batch_norm`` puts a BatchNorm1d before each activation."""
-    layers = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            layers += [nn.BatchNorm1d(b), activation()] if batch_norm else [activation()]
-    return nn.Sequential(*layers)
-
-
 class GaussianEncoder(nn.Module):
     """q_phi(z | x) = N(mu, diag exp(logvar)) with (mu, logvar) = net(x): the encoder as a
     distribution parameterisation (eq-vae-encoder).
@@ -121,8 +110,7 @@ class GaussianEncoder(nn.Module):
     net: maps the (scaled) input to 2L numbers; the first L are mu, the last L logvar.
     scale: multiplies x first (1/16 puts grey levels 0..16 in [0, 1]).
     flatten: flatten each image to a vector first (MLPs); ``context`` (e.g. a one-hot
-    label)
-             is then appended to it (the CVAE).
+             label) is then appended to it (the CVAE).
     """
 
     def __init__(self, net: nn.Module, *, scale: float = 1.0, flatten: bool = True):
@@ -192,7 +180,8 @@ class Decoder(nn.Module):
 
 class BernoulliDecoder(Decoder):
     """Each pixel is an independent Bernoulli with logit given by the network (binary
-    images): -log p(x | z) is the binary cross-entropy, summed over the pixels
+    images):
+    -log p(x | z) is the binary cross-entropy, summed over the pixels
     (eq-vae-likelihoods)."""
 
     def distribution(self, z, context=None):
@@ -207,7 +196,7 @@ class CategoricalDecoder(Decoder):
     the network's ``levels`` logits; eq-vae-likelihoods): a likelihood for discrete
     images that needs no rescaling."""
 
-    def __init__(self, net: nn.Module, *, levels: int = 17, event_shape=IMAGE_SHAPE):
+    def __init__(self, net: nn.Module, *, levels: int = LEVELS, event_shape=IMAGE_SHAPE):
         super().__init__(net, event_shape=event_shape)
         self.levels = self.per_pixel = positive_int("levels", levels)
 
@@ -261,7 +250,7 @@ class PixelHead(nn.Module):
     pixels * features) -> (m, pixels * per_pixel). Sharing cuts the last layer from
     hidden * pixels * per_pixel weights to features * per_pixel."""
 
-    def __init__(self, features: int, per_pixel: int, pixels: int = 64):
+    def __init__(self, features: int, per_pixel: int, pixels: int = PIXELS):
         super().__init__()
         self.features, self.pixels = features, pixels
         self.linear = nn.Linear(features, per_pixel, bias=False)
@@ -293,10 +282,10 @@ def mlp_decoder_net(
     * per_pixel."""
     if pixel_features:
         return nn.Sequential(
-            mlp([in_dim, hidden, 64 * pixel_features]),
+            mlp([in_dim, hidden, PIXELS * pixel_features]),
             PixelHead(pixel_features, per_pixel),
         )
-    return mlp([in_dim, hidden, hidden, 64 * per_pixel])
+    return mlp([in_dim, hidden, hidden, PIXELS * per_pixel])
 
 
 def conv_encoder_net(latent_dim: int, hidden: int, channels: int) -> nn.Module:
@@ -341,7 +330,7 @@ def make_decoder(
     hidden: int = 128,
     pixel_features: int = 8,
     channels: int = 8,
-    levels: int = 17,
+    levels: int = LEVELS,
     std: float = 0.1,
 ) -> Decoder:
     """A decoder for 8x8 digits with the named likelihood; ``in_dim`` = L (+ the context
@@ -367,19 +356,18 @@ def make_decoder(
 class VAE(nn.Module):
     """A variational autoencoder: prior N(0, I), a `GaussianEncoder` and a `Decoder`.
 
-    likelihood: "bernoulli" (binary x), "categorical" (grey levels 0..levels-1, as
-    floats) or
-                 "gaussian" (real x, fixed ``std``): the decoder's distribution
-                 (eq-vae-likelihoods).
+    likelihood:  "bernoulli" (binary x), "categorical" (grey levels 0..levels-1, as
+                 floats) or "gaussian" (real x, fixed ``std``): the decoder's
+                 distribution (eq-vae-likelihoods).
     arch:        "mlp": encoder 64 -> hidden -> hidden -> 2L; decoder L -> hidden ->
                  64 * pixel_features -> a `PixelHead` shared by all pixels
-                 (``pixel_features=0``: a dense last layer instead, L -> hidden ->
-                 hidden -> 64 * outputs). "conv": two convolutions each way around one
-                 hidden layer (``channels``).
+                 (``pixel_features=0``:
+                 a dense last layer instead, L -> hidden -> hidden -> 64 * outputs).
+                 "conv": two convolutions each way around one hidden layer (``channels``).
     beta:        weight of the KL in `loss` (1: the ELBO).
     encoder, decoder: your own modules instead of the built-in ones (see the module
-    docstring). seed: seeds the initial weights; the global random state is left
-    untouched.
+    docstring).
+    seed:        seeds the initial weights; the global random state is left untouched.
 
     ``loss(x)`` is the one-sample AEVB objective (minus the ELBO, averaged over the
     batch); ``sample(n)`` draws z ~ p(z), then x ~ p(x | z) (``mean=True``: E[x | z]
@@ -395,7 +383,7 @@ class VAE(nn.Module):
         hidden: int = 128,
         pixel_features: int = 8,
         channels: int = 8,
-        levels: int = 17,
+        levels: int = LEVELS,
         std: float = 0.1,
         beta: float = 1.0,
         encoder: nn.Module | None = None,
@@ -417,7 +405,8 @@ class VAE(nn.Module):
                 scale = 1.0 / (levels - 1) if likelihood == "categorical" else 1.0
                 if arch == "mlp":
                     encoder = GaussianEncoder(
-                        mlp_encoder_net(64 + context_dim, latent_dim, hidden), scale=scale
+                        mlp_encoder_net(PIXELS + context_dim, latent_dim, hidden),
+                        scale=scale,
                     )
                 elif context_dim:
                     raise ValueError(
@@ -541,9 +530,8 @@ class CVAE(VAE):
                 f"y must be a 1-D long tensor of class labels, got "
                 f"{getattr(y, 'dtype', type(y).__name__)}"
             )
-        if (
-            y.device.type == "cpu" and len(y) and (y.min() < 0 or y.max() >= self.classes)
-        ):  # no sync on GPUs
+        # no sync on GPUs
+        if y.device.type == "cpu" and len(y) and (y.min() < 0 or y.max() >= self.classes):
             raise ValueError(
                 f"labels must lie in 0..{self.classes - 1}, got "
                 f"{y.min().item()}..{y.max().item()}"
@@ -625,7 +613,8 @@ def _log_standard_normal(z):
     return -0.5 * (z.pow(2) + LOG_2PI).sum(-1)
 
 
-def _log_diag_normal(z, mu, logvar):
+def log_normal_diag(z, mu, logvar):
+    """log N(z; mu, diag exp(logvar)), summed over the last dimension (broadcasting)."""
     return -0.5 * ((z - mu).pow(2) / logvar.exp() + logvar + LOG_2PI).sum(-1)
 
 
@@ -666,7 +655,7 @@ def log_likelihood_is(
                 log_w = (
                     model.log_px_given_z(xb, z, *cb)
                     + _log_standard_normal(z)
-                    - _log_diag_normal(z, mu, logvar)
+                    - log_normal_diag(z, mu, logvar)
                 )
                 total = torch.logaddexp(total, torch.logsumexp(log_w, 0))
             out.append(total - math.log(K))
@@ -683,9 +672,9 @@ def validation_neg_elbo(
 
 
 # ----------------------------------------------------------------------------------------
-# The book's trained models (train-or-load). `python -m lib.vae --retrain` trains them all
-# again with the recipe below and rewrites the checkpoints; the weights are stored in
-# float16.
+# The book's trained models (train-or-load). `python -m lib.vae --retrain` trains them
+# all again with the recipe below and rewrites the checkpoints; the weights are stored
+# in float16.
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 CHECKPOINTS = {"main": "04-vae-main.pt", "demos": "04-vae-demos.pt"}

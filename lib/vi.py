@@ -13,14 +13,13 @@ best remaining factor is (eq-vi-cavi)
 
 and cycling through the factors (CAVI) never lowers the ELBO. Two worked models:
 
-Normal-Gamma x_i ~ N(mu, 1/tau), mu | tau ~ N(mu0, 1/(lam0 tau)), tau ~ Gamma(a0, rate
-b0).
-                 The exact posterior is Normal-Gamma again (`normal_gamma_posterior`);
-                 CAVI with q(mu) q(tau) (`cavi_normal_gamma`) has closed-form updates.
-Ising model p(s) = exp(J sum_<ij> s_i s_j + sum_i h_i s_i) / Z on an L x L grid with
-free
-                 boundaries, s_i in {-1, +1}. Mean field gives a lower bound on log Z
-                 (`ising_mean_field`); Gibbs sampling (`ising_gibbs`) and exact
+Normal-Gamma     x_i ~ N(mu, 1/tau), mu | tau ~ N(mu0, 1/(lam0 tau)), tau ~ Gamma(a0,
+                 rate b0). The exact posterior is Normal-Gamma again
+                 (`normal_gamma_posterior`); CAVI with q(mu) q(tau)
+                 (`cavi_normal_gamma`) has closed-form updates.
+Ising model      p(s) = exp(J sum_<ij> s_i s_j + sum_i h_i s_i) / Z on an L x L grid
+                 with free boundaries, s_i in {-1, +1}. Mean field gives a lower bound
+                 on log Z (`ising_mean_field`); Gibbs sampling (`ising_gibbs`) and exact
                  enumeration (`ising_log_z_exact`, grids of at most 16 spins) are the
                  references.
 """
@@ -31,7 +30,7 @@ from typing import NamedTuple
 import torch
 from torch.distributions import Gamma, Normal
 
-from lib.checks import float_tensor
+from lib.checks import float_tensor, nonnegative_int, positive_int
 
 # ----------------------------------------------------------------------------------------
 # Checking inputs
@@ -184,8 +183,8 @@ def cavi_update_mu(
     """The optimal q(mu) given q(tau) (eq-vi-cavi-mu): log q*(mu) = E_tau[log p(x, mu,
     tau)] + const
 
-    q*(mu) = N(m, 1/lam), m = (lam0 mu0 + sum_i x_i) / (lam0 + n), lam = (lam0 + n)
-    E[tau].
+    q*(mu) = N(m, 1/lam),   m = (lam0 mu0 + sum_i x_i) / (lam0 + n), lam = (lam0 + n)
+                            E[tau].
     """
     x = _check_data(x)
     p = _prior_like(prior, x)
@@ -254,8 +253,7 @@ def cavi_normal_gamma(
     """
     x = _check_data(x)
     p = _prior_like(prior, x)
-    if not isinstance(sweeps, int) or isinstance(sweeps, bool) or sweeps < 0:
-        raise ValueError(f"sweeps must be a non-negative int, got {sweeps!r}")
+    nonnegative_int("sweeps", sweeps)
     if init is None:
         q = MeanFieldNormalGamma(m=p.mu, lam=p.lam, a=p.a, b=p.b)
     elif isinstance(init, MeanFieldNormalGamma):
@@ -289,8 +287,7 @@ MAX_EXACT_SPINS = 16  # 2^16 = 65536 configurations: a 4 x 4 grid
 
 
 def _check_size(L) -> int:
-    if not isinstance(L, int) or isinstance(L, bool) or L < 1:
-        raise ValueError(f"L must be a positive int (the grid is L x L), got {L!r}")
+    positive_int("L", L)  # the grid is L x L
     return L
 
 
@@ -355,7 +352,8 @@ def _binary_entropy(m: torch.Tensor) -> torch.Tensor:
 def ising_mean_field_elbo(m: torch.Tensor, J, h) -> torch.Tensor:
     """The mean-field ELBO, a lower bound on log Z (eq-vi-ising-elbo):
 
-        ELBO(m) = J sum_<ij> m_i m_j + sum_i h_i m_i + sum_i H((1 + m_i) / 2) <= log Z,
+        ELBO(m) = J sum_<ij> m_i m_j + sum_i h_i m_i + sum_i H((1 + m_i) / 2)   <= log
+                                                                                Z,
 
     for q(s) = prod_i q_i(s_i) with magnetisations m_i = E_q[s_i] in [-1, 1], shape
     (..., L, L).
@@ -388,12 +386,11 @@ def ising_mean_field(
         m_i <- tanh( J sum_{j in N(i)} m_j + h_i ).
 
     schedule="checkerboard": update the black sites, then the white ones. A site's
-    neighbours all
-        have the other colour, so this is exact CAVI (sequential updates, vectorised)
-        and the ELBO never decreases.
+        neighbours all have the other colour, so this is exact CAVI (sequential updates,
+        vectorised) and the ELBO never decreases.
     schedule="parallel": m <- (1 - damping) m + damping tanh(...) at every site at once;
-    cheaper
-        to reason about, but with no monotonicity guarantee (damping=1 can oscillate).
+        cheaper to reason about, but with no monotonicity guarantee (damping=1 can
+        oscillate).
     init: starting magnetisations (L, L); by default uniform in (-0.5, 0.5) from ``seed``.
     Returns ``(m, history)`` with m of shape (L, L) and history["elbo"] the ELBO of the
     start and after each sweep (length sweeps + 1); its last entry is the lower bound on
@@ -407,8 +404,7 @@ def ising_mean_field(
         )
     if not 0 < damping <= 1:
         raise ValueError(f"damping must lie in (0, 1], got {damping!r}")
-    if not isinstance(sweeps, int) or isinstance(sweeps, bool) or sweeps < 0:
-        raise ValueError(f"sweeps must be a non-negative int, got {sweeps!r}")
+    nonnegative_int("sweeps", sweeps)
     if init is None:
         g = torch.Generator().manual_seed(seed)
         m = (torch.rand(L, L, generator=g, dtype=dtype) - 0.5).to(h.device)
@@ -465,8 +461,7 @@ def ising_gibbs(
         ("burn_in", burn_in, 0),
         ("chains", chains, 1),
     ):
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        (positive_int if low == 1 else nonnegative_int)(name, value)
     g = torch.Generator(device=h.device).manual_seed(seed)
     s = (
         torch.randint(0, 2, (chains, L, L), generator=g, device=h.device).to(dtype) * 2

@@ -37,10 +37,10 @@ import torch
 from torch import nn
 
 from lib.checks import float_tensor, one_of, positive_int
-from lib.data import digits
+from lib.data import IMAGE_SHAPE, LEVELS, digits
 from lib.device import seed_everything
 from lib.pixelcnn import GatedPixelCNN, categorical_nll, nll
-from lib.train import fit, fit_early_stopping, retrain_main
+from lib.train import evaluating, fit, fit_early_stopping, retrain_main
 
 CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
 
@@ -84,9 +84,11 @@ def vq_loss_terms(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The codebook and commitment terms of (eq-vq-loss), per image, shape (n,) each:
 
-        codebook = sum over positions and dimensions of (sg[z_e] - z_q)^2 (moves the
-        codes only) commitment = sum over positions and dimensions of (z_e - sg[z_q])^2
-        (moves the encoder only)
+        codebook   = sum over positions and dimensions of (sg[z_e] - z_q)^2 (moves the
+                   codes only)
+        commitment = sum over positions and dimensions of (z_e - sg[z_q])^2   (moves the
+                                                                              encoder
+                                                                              only)
 
     z_e, z_q: (n, D, h, w), z_q the codes chosen for z_e. The two are equal in value; the
     stop-gradients decide which side each one trains. The loss weights commitment by beta.
@@ -124,9 +126,8 @@ def code_histogram(indices: torch.Tensor, n_codes: int) -> torch.Tensor:
             f"indices must lie in 0..{n_codes - 1}, got values in "
             f"{indices.min().item()}..{indices.max().item()}"
         )
-    flat = (
-        indices.flatten().long()
-    )  # scatter_add, unlike bincount, needs no host sync on a GPU
+    # scatter_add, unlike bincount, needs no host sync on a GPU
+    flat = indices.flatten().long()
     return torch.zeros(n_codes, device=flat.device).scatter_add_(
         0, flat, torch.ones(len(flat), device=flat.device)
     )
@@ -158,33 +159,28 @@ def codes_used(indices: torch.Tensor, n_codes: int) -> torch.Tensor:
 class Quantized(NamedTuple):
     """What `VectorQuantizer` returns for an encoder output z_e of shape (n, D, h, w)."""
 
-    z_q: (
-        torch.Tensor
-    )  # (n, D, h, w): the codes, with the straight-through gradient to z_e
+    # (n, D, h, w): the codes, with the straight-through gradient to z_e
+    z_q: torch.Tensor
     indices: torch.Tensor  # (n, h, w) long: the chosen codes
-    codebook: (
-        torch.Tensor
-    )  # (n,): ||sg[z_e] - e||^2 per image (zero in EMA mode: no gradient)
-    commitment: (
-        torch.Tensor
-    )  # (n,): ||z_e - sg[e]||^2 per image (not yet multiplied by beta)
+    # (n,): ||sg[z_e] - e||^2 per image (zero in EMA mode: no gradient)
+    codebook: torch.Tensor
+    # (n,): ||z_e - sg[e]||^2 per image (not yet multiplied by beta)
+    commitment: torch.Tensor
 
 
 class VectorQuantizer(nn.Module):
     """Replace every D-vector of a map (n, D, h, w) by its nearest of K codes
     (eq-vq-nearest).
 
-    mode "loss": the codebook is a parameter trained by the codebook term of
-    (eq-vq-loss);
-             "ema": the codebook is a buffer, updated in training mode by exponential
-             moving
-                     averages (eq-vq-ema): counts N_k and sums m_k of the vectors
+    mode     "loss": the codebook is a parameter trained by the codebook term of
+             (eq-vq-loss);
+             "ema":  the codebook is a buffer, updated in training mode by exponential
+                     moving averages (eq-vq-ema): counts N_k and sums m_k of the vectors
                      assigned to code k, decay ``decay``, Laplace smoothing ``eps`` of
                      the counts, e_k = m_k / N_k. The vectors are quantised with the
                      codebook *before* the update.
-    restart revive dead codes: in training mode, a running average (decay ``decay``) of
-    how
-             many vectors of a batch choose each code is kept; before quantising a
+    restart  revive dead codes: in training mode, a running average (decay ``decay``) of
+             how many vectors of a batch choose each code is kept; before quantising a
              batch, every code whose average is below ``restart_threshold`` is moved
              onto a random encoder output of the batch (its statistics reset), so that
              it gets chosen again.
@@ -226,9 +222,8 @@ class VectorQuantizer(nn.Module):
             self.register_buffer("codebook", init)
             self.register_buffer("ema_count", torch.ones(n_codes))  # N_k
             self.register_buffer("ema_sum", init.clone())  # m_k
-        self.register_buffer(
-            "usage", torch.full((n_codes,), -1.0)
-        )  # running vectors per batch; -1: not measured yet
+        # running vectors per batch; -1: not measured yet
+        self.register_buffer("usage", torch.full((n_codes,), -1.0))
 
     def extra_repr(self) -> str:
         return (
@@ -247,11 +242,13 @@ class VectorQuantizer(nn.Module):
         if self.training and self.restart:
             self.restart_dead_codes(flat.detach())
         indices = nearest_code(flat.detach(), self.codebook.detach())
-        e = self.codebook[indices]  # gathered: the codebook term reaches e
+        # gathered: the codebook term reaches e
+        e = self.codebook[indices]
         z_q = e.reshape(n, h, w, D).permute(0, 3, 1, 2)
         codebook_term, commitment = vq_loss_terms(z_e, z_q)
         if self.training:
-            self.update_statistics(flat.detach(), indices)  # after quantising (eq-vq-ema)
+            # after quantising (eq-vq-ema)
+            self.update_statistics(flat.detach(), indices)
         if self.mode == "ema":
             codebook_term = torch.zeros_like(commitment)
         return Quantized(
@@ -266,22 +263,26 @@ class VectorQuantizer(nn.Module):
         """The usage average, and in EMA mode the EMA step (eq-vq-ema) for vectors flat
         (m, D) assigned to codes ``indices`` (m,):
 
-            N_k <- gamma N_k + (1 - gamma) n_k, m_k <- gamma m_k + (1 - gamma) sum_{i:
-            k_i = k} z_i, e_k = m_k / N~_k, N~_k = (N_k + eps) / (sum_j N_j + K eps) *
-            sum_j N_j.
+            N_k <- gamma N_k + (1 - gamma) n_k,     m_k <- gamma m_k + (1 - gamma)
+                                                    sum_{i: k_i = k} z_i,
+            e_k  = m_k / N~_k,   N~_k = (N_k + eps) / (sum_j N_j + K eps) * sum_j N_j.
         """
         counts = torch.zeros(
             self.n_codes, dtype=flat.dtype, device=flat.device
-        ).index_add_(0, indices, torch.ones_like(indices, dtype=flat.dtype))  # n_k
+        ).index_add_(
+            # n_k
+            0,
+            indices,
+            torch.ones_like(indices, dtype=flat.dtype),
+        )
         g = self.decay
         self.usage.copy_(
             torch.where(self.usage < 0, counts, g * self.usage + (1 - g) * counts)
         )
         if self.mode == "ema":
             self.ema_count.mul_(g).add_(counts, alpha=1 - g)
-            sums = torch.zeros_like(self.ema_sum).index_add_(
-                0, indices, flat
-            )  # sum_{i: k_i = k} z_i
+            # sum_{i: k_i = k} z_i
+            sums = torch.zeros_like(self.ema_sum).index_add_(0, indices, flat)
             self.ema_sum.mul_(g).add_(sums, alpha=1 - g)
             total = self.ema_count.sum()
             smoothed = (
@@ -325,14 +326,15 @@ class VQVAE(nn.Module):
     of every pixel (L = 2 is a Bernoulli). ``loss(x)`` is (eq-vq-loss) averaged over the
     batch.
 
-    encoder x / (L-1) -> conv3x3 -> ReLU -> conv4x4 stride 2 -> ReLU -> conv3x3 -> ReLU
-    -> conv1x1 (D) decoder conv3x3 -> ReLU -> transposed conv4x4 stride 2 -> ReLU ->
-    conv3x3 -> ReLU -> conv1x1 (L)
+    encoder  x / (L-1) -> conv3x3 -> ReLU -> conv4x4 stride 2 -> ReLU -> conv3x3 -> ReLU
+             -> conv1x1 (D)
+    decoder  conv3x3 -> ReLU -> transposed conv4x4 stride 2 -> ReLU -> conv3x3 -> ReLU
+             -> conv1x1 (L)
     """
 
     def __init__(
         self,
-        levels: int = 17,
+        levels: int = LEVELS,
         n_codes: int = 128,
         code_dim: int = 8,
         channels: int = 32,
@@ -376,7 +378,7 @@ class VQVAE(nn.Module):
 
     def _check(self, x):
         float_tensor("x", x, dim=4, shape="(n, 1, 8, 8)")
-        if x.shape[1:] != (1, 8, 8):
+        if x.shape[1:] != IMAGE_SHAPE:
             raise ValueError(f"x must have shape (n, 1, 8, 8), got {tuple(x.shape)}")
         return x
 
@@ -442,17 +444,15 @@ def evaluate(model: VQVAE, x: torch.Tensor) -> dict[str, torch.Tensor]:
     "rec" -log p(x | z_q) in nats per image, "mse" squared error of the decoder's mean
     in grey levels^2 per pixel, "perplexity" and fraction of codes "used" over all of x,
     "codes" (n, 4, 4)."""
-    was_training = model.training
-    model.eval()
-    logits, q = model(x)
-    result = {
-        "rec": categorical_nll(logits, x).mean(),
-        "mse": (model.mean(logits) - x).pow(2).mean(),
-        "perplexity": code_perplexity(q.indices, model.n_codes),
-        "used": codes_used(q.indices, model.n_codes),
-        "codes": q.indices,
-    }
-    model.train(was_training)
+    with evaluating(model):
+        logits, q = model(x)
+        result = {
+            "rec": categorical_nll(logits, x).mean(),
+            "mse": (model.mean(logits) - x).pow(2).mean(),
+            "perplexity": code_perplexity(q.indices, model.n_codes),
+            "used": codes_used(q.indices, model.n_codes),
+            "codes": q.indices,
+        }
     return result
 
 

@@ -9,9 +9,8 @@ import torch
 
 matplotlib.use("Agg")
 os.environ.setdefault("DGM_DEVICE", "cpu")
-os.environ.setdefault(
-    "DGM_PROGRESS", "0"
-)  # no progress bars in the kernels tests start (nbclient, nbval)
+# no progress bars in the kernels tests start (nbclient, nbval)
+os.environ.setdefault("DGM_PROGRESS", "0")
 ROOT = Path(__file__).resolve().parent.parent
 
 

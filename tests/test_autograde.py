@@ -105,10 +105,11 @@ HOSTILE = {
         "CellTimeoutError",
     ),
     "hog": ("x = bytearray(40 * 2**30)", "MemoryError"),
+    # forks may deadlock
     "forker": (
         "import os\nwhile True:\n    os.fork()",
         "DeadKernelError|CellTimeoutError",
-    ),  # forks may deadlock
+    ),
     "writer": (
         "with open('big.bin', 'wb') as f:\n    while True:\n        f.write(b'x' * "
         "2**20)",
@@ -121,8 +122,7 @@ HOSTILE = {
 
 
 # A function whose result cannot come back to the grader: 0 for its cell, with a message
-# that
-# says what happened (the grader's process never unpickles or runs anything of the
+# that says what happened (the grader's process never unpickles or runs anything of the
 # student's).
 UNGRADABLE = {
     "opaque": (
@@ -165,10 +165,8 @@ def probe_course(tmp_path_factory):
     nbformat.write(probe_source(), root / "solutions" / A / f"{A}.ipynb")
     config = (ROOT / "nbgrader_config.py").read_text()
     # Short limits keep the hostile probes quick. The cell limit leaves a margin for a
-    # cell graded
-    # while the fork bomb in the other worker (--jobs 2) holds both CPU cores: at 5 s,
-    # the "hog"
-    # probe once timed out in CI before its MemoryError.
+    # cell graded while the fork bomb in the other worker (--jobs 2) holds both CPU
+    # cores: at 5 s, the "hog" probe once timed out in CI before its MemoryError.
     (root / "nbgrader_config.py").write_text(
         config + "\nc.Execute.timeout = 10\nc.GradingExecute.notebook_timeout = 60\n"
         "c.Execute.iopub_timeout = 4\n"
@@ -357,9 +355,8 @@ def test_unreadable_missing_and_renamed_notebooks_score_zero_with_a_reason(grade
 def test_a_second_run_grades_only_what_changed(graded_class):
     root, rows = graded_class
     shutil.rmtree(root / "submitted" / "blank")
-    hand_in(
-        root, "blank", answers_notebook(root)
-    )  # the student hands in again, now complete
+    # the student hands in again, now complete
+    hand_in(root, "blank", answers_notebook(root))
     done = run(root, "autograde")
     again = {line.split()[0]: line for line in done.stdout.splitlines()[1:]}
     assert "unchanged, graded before" in again["honest"] and "4/4" in again["honest"]

@@ -144,9 +144,8 @@ def test_static_exercise_pages_show_no_traceback_or_machine_path(built, page):
     solutions = [
         c for c in release.cells if c.metadata.get("nbgrader", {}).get("solution")
     ]
-    for cell in (
-        tests + solutions
-    ):  # the function to write and the visible check, every task
+    # the function to write and the visible check, every task
+    for cell in tests + solutions:
         first = next(line for line in cell.source.splitlines() if line.strip())
         assert first.strip() in text, (
             f"{page}.html lacks the cell {cell.metadata['nbgrader']['grade_id']} "
@@ -326,8 +325,9 @@ def browser(built):
         "--no-first-run",
         "--disable-background-networking",
         "--disable-component-update",
+        # no calls home: the only traffic is the book's
         "--disable-sync",
-        "--disable-quic",  # no calls home: the only traffic is the book's
+        "--disable-quic",
         f"--window-size={WIDTH},{HEIGHT}",
         "--hide-scrollbars",
         "--force-color-profile=srgb",
@@ -490,9 +490,8 @@ def check_reads_well(page: str, seen: dict, *, expect_math: bool) -> None:
     assert not raw, f"{page}: raw TeX in the text a reader sees: {raw[:10]}"
 
 
-SEEN: dict[
-    str, dict
-] = {}  # what test_page_reads_well_in_a_browser saw, for the checks after it
+# what test_page_reads_well_in_a_browser saw, for the checks after it
+SEEN: dict[str, dict] = {}
 
 
 @pytest.mark.slow

@@ -38,8 +38,8 @@ def one_thread():
 
 def brute_force_mi(mu, logvar, z):
     """1/n sum_i [E_q(z|x_i) log q(z | x_i) - log 1/n sum_j q(z_i | x_j)] with
-    torch.distributions: the entropy from Normal.entropy, the mixture density by an
-    explicit double loop."""
+    torch.distributions:
+    the entropy from Normal.entropy, the mixture density by an explicit double loop."""
     n = len(mu)
     q = [Independent(Normal(mu[j], (0.5 * logvar[j]).exp()), 1) for j in range(n)]
     neg_entropy = -sum(q[i].entropy() for i in range(n)) / n
@@ -76,8 +76,7 @@ def test_an_encoder_that_ignores_x_has_no_active_units_and_no_information():
     assert torch.equal(unit_activity(mu), torch.zeros(L, dtype=F64))
     mi = mutual_information(mu, logvar, generator=g)
     # all q(z | x_j) are equal, so log q(z_i) = log q(z_i | x_i) and I = E[log
-    # q(z_i|x_i)] - log q(z_i):
-    # a Monte Carlo estimate of 0 with one sample per image.
+    # q(z_i|x_i)] - log q(z_i): a Monte Carlo estimate of 0 with one sample per image.
     assert abs(mi.item()) < 4 * math.sqrt(L / 2 / n)
     # the wrong recipe: the variance of samples z counts every dimension (each has
     # variance exp(logvar))
@@ -87,10 +86,8 @@ def test_an_encoder_that_ignores_x_has_no_active_units_and_no_information():
 
 def test_a_deterministic_encoder_has_every_unit_active_and_mutual_information_log_n():
     # q(z | x) = N(W x, 1e-6): z determines x, so I_q(x; z) = H(x) = log n on n distinct
-    # images.
-    # The estimate uses the closed-form entropy, so it is log n plus Monte Carlo noise
-    # of standard
-    # deviation sqrt(L / 2n) (from the one sample z_i per image).
+    # images. The estimate uses the closed-form entropy, so it is log n plus Monte Carlo
+    # noise of standard deviation sqrt(L / 2n) (from the one sample z_i per image).
     n, L = 1000, 4
     g = torch.Generator().manual_seed(2)
     x = torch.randn(n, 10, generator=g, dtype=F64)
@@ -104,9 +101,8 @@ def test_a_deterministic_encoder_has_every_unit_active_and_mutual_information_lo
 
 def test_active_units_counts_dimensions_above_the_threshold():
     g = torch.Generator().manual_seed(3)
-    scales = torch.tensor(
-        [0.0, 0.05, 0.2, 1.0, 3.0], dtype=F64
-    )  # variances 0, .0025, .04, 1, 9
+    # variances 0, .0025, .04, 1, 9
+    scales = torch.tensor([0.0, 0.05, 0.2, 1.0, 3.0], dtype=F64)
     mu = torch.randn(5000, 5, generator=g, dtype=F64) * scales
     assert active_units(mu) == 3
     assert active_units(mu, threshold=0.001) == 4
@@ -131,8 +127,8 @@ def test_mutual_information_matches_a_brute_force_sum():
 
 def test_mutual_information_is_close_to_the_exact_value_for_a_gaussian_channel():
     # x ~ N(0, 1) scalar, q(z | x) = N(a x, s^2): I = 1/2 log(1 + a^2 / s^2) in closed
-    # form.
-    # The batch estimate (the aggregate posterior of n points) approaches it for n large.
+    # form. The batch estimate (the aggregate posterior of n points) approaches it for n
+    # large.
     g = torch.Generator().manual_seed(5)
     a, s, n = 1.0, 0.5, 4000
     x = torch.randn(n, 1, generator=g, dtype=F64)
@@ -207,9 +203,8 @@ def test_masked_decoder_is_autoregressive_by_input_gradients():
     # logit i may depend on pixels j < i only: the upper triangle and the diagonal are
     # exactly 0
     assert torch.equal(jacobian.triu(), torch.zeros(64, 64))
-    assert (
-        jacobian.tril(-1) != 0
-    ).sum() == 64 * 63 // 2  # and every earlier pixel matters
+    # and every earlier pixel matters
+    assert (jacobian.tril(-1) != 0).sum() == 64 * 63 // 2
     # z reaches every logit
     z = z.requires_grad_()
     (grad_z,) = torch.autograd.grad(decoder.logits(x.detach(), z).sum(), z)

@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt
 import pytest
 import torch
 
-from lib.data import digits, toy2d, toy2d_modes
+from lib.data import IMAGE_SHAPE, LEVELS, PIXELS, digits, toy2d, toy2d_modes
 from lib.device import default_device, seed_everything
 from lib.plot import (
     curves,
@@ -16,7 +16,8 @@ from lib.plot import (
     results_table,
     scatter_2d,
 )
-from lib.train import fit, fit_early_stopping, minimise
+from lib.checks import int_in, nonnegative_int
+from lib.train import evaluating, fit, fit_early_stopping, minimise
 
 
 # ---------------------------------------------------------------------------- device
@@ -54,10 +55,10 @@ def test_digits_split_is_fixed_and_disjoint():
     from sklearn.datasets import load_digits
 
     raw = torch.as_tensor(load_digits().images, dtype=torch.float32)
-    assert (
-        torch.cat([parts[s][0][:, 0] for s in parts]).sum() == raw.sum()
-    )  # a permutation of all 1797
+    # a permutation of all 1797
+    assert torch.cat([parts[s][0][:, 0] for s in parts]).sum() == raw.sum()
     assert torch.equal(digits("test")[0], parts["test"][0])  # the same split every call
+    assert (IMAGE_SHAPE, PIXELS, LEVELS) == ((1, 8, 8), 64, 17)  # the constants say so
 
 
 def test_digits_binarised():
@@ -158,9 +159,8 @@ def test_early_stopping_follows_the_cosine_schedule_and_stops_with_patience():
     model = Linear()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.08)
     seen_lr, weights = [], []
-    scores = iter(
-        [5.0, 3.0, 1.0, 2.0, 4.0, 0.5, 0.1]
-    )  # best after round 3, then two worse rounds
+    # best after round 3, then two worse rounds
+    scores = iter([5.0, 3.0, 1.0, 2.0, 4.0, 0.5, 0.1])
 
     def score(model_, *val):
         seen_lr.append(optimizer.param_groups[0]["lr"])
@@ -179,20 +179,16 @@ def test_early_stopping_follows_the_cosine_schedule_and_stops_with_patience():
         schedule="cosine",
         batch_size=50,
     )
-    assert history["step"].tolist() == [
-        10,
-        20,
-        30,
-        40,
-        50,
-    ]  # patience 2 after the best round
+    # patience 2 after the best round
+    assert history["step"].tolist() == [10, 20, 30, 40, 50]
     assert (
         history["val"].tolist() == [5.0, 3.0, 1.0, 2.0, 4.0]
         and len(history["train"]) == 5
     )
     expected = [0.08 * (1 + math.cos(math.pi * r / 7)) / 2 for r in range(5)]
     assert seen_lr == pytest.approx(expected)
-    assert torch.equal(model.w.detach(), weights[2])  # the best round's weights
+    # the best round's weights
+    assert torch.equal(model.w.detach(), weights[2])
     with pytest.raises(ValueError, match="schedule must be"):
         fit_early_stopping(
             model, (x, y), (x, y), score, steps=10, every=10, schedule="step"
@@ -233,9 +229,8 @@ def test_fit_compiled_gives_the_eager_numbers():
         histories.append(
             fit(model, x, y, steps=30, batch_size=50, lr=0.05, compiled=compiled)["loss"]
         )
-    assert (
-        counters["stats"]["unique_graphs"] >= 1
-    )  # the loss really went through torch.compile
+    # the loss really went through torch.compile
+    assert counters["stats"]["unique_graphs"] >= 1
     torch.testing.assert_close(histories[1], histories[0], rtol=1e-5, atol=1e-6)
 
 
@@ -320,6 +315,42 @@ def test_checks_name_the_argument_and_the_expectation():
             positive_int("K", bad)
     with pytest.raises(ValueError, match=r"mode must be one of \['a', 'b'\], got 'c'"):
         one_of("mode", "c", ("a", "b"))
+    assert nonnegative_int("steps", 0) == 0 and int_in("K", 5, 1, 5) == 5
+    for bad in (-1, 2.0, True, False, "3"):
+        with pytest.raises(ValueError, match="steps must be a non-negative int"):
+            nonnegative_int("steps", bad)
+    for bad in (0, 6, True, 2.0):
+        with pytest.raises(ValueError, match=r"K must be an int in 1\.\.5 \(of 5\), got"):
+            int_in("K", bad, 1, 5, " (of 5)")
+
+
+def test_true_is_not_a_step_count():
+    from lib.gan import GAN, train_gan
+
+    x = torch.zeros(10, 2)
+    model = torch.nn.Linear(2, 1)
+    for train in (
+        lambda: fit(model, x, steps=True, batch_size=5, loss=lambda b: {"loss": b.sum()}),
+        lambda: train_gan(GAN(data_dim=2, latent_dim=2, hidden=4), x, steps=True),
+    ):
+        with pytest.raises(
+            ValueError, match="steps must be a non-negative int, got True"
+        ):
+            train()
+
+
+def test_evaluating_restores_the_mode_the_model_was_in_even_after_an_error():
+    model = torch.nn.Sequential(torch.nn.Dropout(0.5))
+    for mode in (True, False):
+        model.train(mode)
+        with evaluating(model):
+            assert not model.training
+        assert model.training is mode
+    model.train()
+    with pytest.raises(RuntimeError, match="inside"):
+        with evaluating(model):
+            raise RuntimeError("inside")
+    assert model.training
 
 
 def test_retrain_command_line():
@@ -329,10 +360,8 @@ def test_retrain_command_line():
     retrain_main("demo", ["a", "b"], calls.append, ["--retrain", "b"])
     retrain_main("demo", ["a", "b"], calls.append, ["--retrain"])
     assert calls == [["b"], ["a", "b"]]
-    for argv in (
-        [],
-        ["--retrain", "c"],
-    ):  # nothing asked for, an unknown name: an error, nothing trained
+    # nothing asked for, an unknown name: an error, nothing trained
+    for argv in ([], ["--retrain", "c"]):
         with pytest.raises(SystemExit):
             retrain_main("demo", ["a", "b"], calls.append, argv)
     assert len(calls) == 2

@@ -25,10 +25,9 @@ from tests.course_helpers import (
 pytestmark = pytest.mark.slow
 ASSIGNMENTS = assignments()
 
-# Plausible wrong answers: for each assignment, one or more submissions (students "wrong",
-# "wrong-2", ...), each mapping grade_ids of solution cells to the student's code, and
-# the test
-# cells that must lose points because of it.
+# Plausible wrong answers: for each assignment, one or more submissions (students
+# "wrong", "wrong-2", ...), each mapping grade_ids of solution cells to the student's
+# code, and the test cells that must lose points because of it.
 WRONG = {
     "01-kl": [
         {
@@ -178,8 +177,8 @@ WRONG = {
         {
             "answers": {
                 **solution_answers("06-posterior-collapse"),
-                "train_pair": "def train_pair(x_train, "
-                "seed=0):\n"  # a floor too small to keep any unit in use
+                # a floor too small to keep any unit in use
+                "train_pair": "def train_pair(x_train, seed=0):\n"
                 "    models = []\n"
                 "    for floor in (None, 0.01):\n"
                 "        torch.manual_seed(seed)\n"
@@ -191,9 +190,8 @@ WRONG = {
             },
             "lose": ["test_train_pair"],
         },
+        # the oracles of the old visible checks, pasted in: their routes are blocked now
         {
-            # the oracles of the old visible checks, pasted in: their routes are blocked
-            # now
             "answers": {
                 "free_bits_kl": "def free_bits_kl(kl, floor):\n"
                 "    return torch.maximum(kl.mean(0), torch.tensor(floor, "
@@ -241,9 +239,8 @@ WRONG = {
         {
             "answers": {
                 **solution_answers("07-vq-vae"),
-                "nearest_code": "def nearest_code(z, "
                 # the old visible oracle: the forbidden broadcast
-                "codebook):\n"
+                "nearest_code": "def nearest_code(z, codebook):\n"
                 "    return ((z[:, None, :] - codebook[None, :, :]) ** "
                 "2).sum(-1).argmin(1)",
                 "train_vqvae": "def train_vqvae(x_train, "
@@ -283,14 +280,13 @@ WRONG = {
         {
             "answers": {
                 **solution_answers("08-gan"),
-                "value_at_optimum": "def value_at_optimum(p_data, p_g, "
-                "x):\n"  # densities, not logs: 0 log 0 = nan
+                # densities, not logs: 0 log 0 = nan
+                "value_at_optimum": "def value_at_optimum(p_data, p_g, x):\n"
                 "    p, q = p_data.log_prob(x).exp(), p_g.log_prob(x).exp()\n"
                 "    d = p / (p + q)\n"
                 "    return torch.trapezoid(p * d.log() + q * (1 - d).log(), x)",
-                "train_gan": "def train_gan(x_train, "
                 # the generator minimises the discriminator's loss
-                "seed=0):\n"
+                "train_gan": "def train_gan(x_train, seed=0):\n"
                 "    torch.manual_seed(seed)\n"
                 "    gan = GAN1D()\n"
                 "    opt_d = torch.optim.Adam(gan.discriminator.parameters(), lr=2e-3, "
@@ -347,11 +343,10 @@ WRONG = {
                 "test_train_pixelcnn",
             ],
         },
+        # forgot to pass the masks: pixels predicted from nothing
         {
             "answers": {
-                **solution_answers(
-                    "09-pixelcnn"
-                ),  # forgot to pass the masks: pixels predicted from nothing
+                **solution_answers("09-pixelcnn"),
                 "train_pixelcnn": "def train_pixelcnn(x_train, seed=0):\n"
                 "    torch.manual_seed(seed)\n"
                 "    model = DigitsPixelCNN(levels=2, channels=16, layers=2)\n"
@@ -360,9 +355,8 @@ WRONG = {
             },
             "lose": ["test_train_pixelcnn"],
         },
+        # the oracle of the old visible checks, pasted in: its routes are blocked now
         {
-            # the oracle of the old visible checks, pasted in: its routes are blocked
-            # now
             "answers": {
                 "nll_nats": "def nll_nats(logits, x):\n"
                 "    return -Categorical(logits=logits.permute(0, 2, 3, "
@@ -615,13 +609,13 @@ def test_exercise_metadata_is_valid(assignment):
             assert (
                 "### BEGIN SOLUTION" in cell.source and "### END SOLUTION" in cell.source
             ), meta["grade_id"]
-            if (
-                cell.cell_type == "code"
-            ):  # code answers are autograded by their test cells, never by hand
+            # code answers are autograded by their test cells, never by hand
+            if cell.cell_type == "code":
                 assert not meta.get("grade"), (
                     f"{meta['grade_id']}: a code solution cell must not carry points"
                 )
-            else:  # a written answer: nbgrader's "manually graded answer", with a rubric
+            # a written answer: nbgrader's "manually graded answer", with a rubric
+            else:
                 assert (
                     cell.cell_type == "markdown"
                     and meta.get("grade")
@@ -805,9 +799,8 @@ def test_broken_submissions_are_reported_by_name_and_score_zero(graded):
         )
         right_score, right_max = map(float, rows[("right", a)].split()[2].split("/"))
         written = sum(c.metadata["nbgrader"]["points"] for c in manual_cells(source(a)))
-        assert right_score == right_max - written, rows[
-            ("right", a)
-        ]  # written answers wait for a grader
+        # written answers wait for a grader
+        assert right_score == right_max - written, rows[("right", a)]
 
 
 def test_feedback_shows_no_hidden_tests(graded):
@@ -855,17 +848,14 @@ def test_book_cache_is_cleared_when_lib_changes(tmp_path):
     (tmp_path / "constraints.txt").write_text("torch==2.13.0\n")
     cache = tmp_path / "_build" / ".jupyter_cache"
     cache.mkdir(parents=True)
-    assert (
-        course.invalidate_stale_cache(tmp_path) and not cache.exists()
-    )  # no record: assume stale
+    # no record: assume stale
+    assert course.invalidate_stale_cache(tmp_path) and not cache.exists()
     cache.mkdir()
-    assert (
-        not course.invalidate_stale_cache(tmp_path) and cache.exists()
-    )  # unchanged lib: keep
+    # unchanged lib: keep
+    assert not course.invalidate_stale_cache(tmp_path) and cache.exists()
     (tmp_path / "lib" / "kl.py").write_text("x = 2\n")
-    assert (
-        course.invalidate_stale_cache(tmp_path) and not cache.exists()
-    )  # edited lib: clear
+    # edited lib: clear
+    assert course.invalidate_stale_cache(tmp_path) and not cache.exists()
 
 
 def test_book_build_rereads_every_page_after_a_lib_change(tmp_path, monkeypatch):
@@ -876,10 +866,12 @@ def test_book_build_rereads_every_page_after_a_lib_change(tmp_path, monkeypatch)
     monkeypatch.setattr(
         course.subprocess, "call", lambda command, **kwargs: commands.append(command) or 0
     )
-    course.build_book(tmp_path)  # first build: every page is new anyway
+    # first build: every page is new anyway
+    course.build_book(tmp_path)
     course.build_book(tmp_path)  # nothing changed
     (tmp_path / "lib" / "kl.py").write_text("x = 2\n")
-    course.build_book(tmp_path)  # lib changed: unchanged pages must run again too
+    # lib changed: unchanged pages must run again too
+    course.build_book(tmp_path)
     assert ["--all" in command for command in commands] == [False, False, True]
 
 

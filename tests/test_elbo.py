@@ -95,9 +95,8 @@ def test_elbo_with_brute_force_sum_and_zero_responsibilities():
     resp = torch.softmax(
         torch.randn(20, 3, generator=torch.Generator().manual_seed(4), dtype=F64), 1
     )
-    resp[:5] = torch.tensor(
-        [1.0, 0.0, 0.0], dtype=F64
-    )  # hard assignments contribute no entropy
+    # hard assignments contribute no entropy
+    resp[:5] = torch.tensor([1.0, 0.0, 0.0], dtype=F64)
     expected = 0.0
     for n in range(20):
         for k in range(3):
@@ -136,11 +135,12 @@ def test_em_tight_after_e_step_and_monotone(d):
     params, history = gmm_em(x, 3, iterations=25, seed=0)
     ll, e, m = history["log_likelihood"], history["elbo_e_step"], history["elbo_m_step"]
     assert ll.shape == (26,) and e.shape == m.shape == (25,)
-    assert torch.allclose(e, ll[:-1], atol=1e-6, rtol=0)  # E-step makes the bound tight
-    assert (m >= e - 1e-9).all() and (
-        ll[1:] >= m - 1e-9
-    ).all()  # M-step raises it; log p(x) above it
-    assert (ll.diff() >= -1e-9).all()  # so log p(x) never decreases
+    # E-step makes the bound tight
+    assert torch.allclose(e, ll[:-1], atol=1e-6, rtol=0)
+    # M-step raises it; log p(x) above it
+    assert (m >= e - 1e-9).all() and (ll[1:] >= m - 1e-9).all()
+    # so log p(x) never decreases
+    assert (ll.diff() >= -1e-9).all()
     assert ll[-1].item() == pytest.approx(gmm_log_likelihood(x, *params).item())
 
 
@@ -242,8 +242,10 @@ def test_ppca_elbo_decomposition(ppca):
     kl = torch.distributions.kl_divergence(
         MultivariateNormal(q.mean, torch.diag_embed(q.variance)), exact
     )
-    assert torch.allclose(log_px - elbo, kl)  # log p(x) = ELBO + KL(q || p(z | x))
-    assert (kl > 1e-3).all()  # W's columns overlap: the posterior is correlated
+    # log p(x) = ELBO + KL(q || p(z | x))
+    assert torch.allclose(log_px - elbo, kl)
+    # W's columns overlap: the posterior is correlated
+    assert (kl > 1e-3).all()
     # Monte Carlo with the joint density agrees with the closed form
     lw = importance_log_weights(
         lambda z: ppca_log_joint(x, z, W, b, sigma2), q, 1, repeats=40_000, seed=1
@@ -268,9 +270,10 @@ def test_mean_field_is_the_best_factorised_gaussian(ppca):
 def test_iwae_bound_tightens_with_k_and_stays_below_log_px(ppca):
     x, W, b, sigma2 = ppca
     log_px = ppca_log_marginal(x, W, b, sigma2).sum()
+    # the prior: a poor q
     q = Independent(
         Normal(torch.zeros(30, 2, dtype=F64), torch.ones(30, 2, dtype=F64)), 1
-    )  # the prior: a poor q
+    )
     bounds = []
     for K in (1, 5, 50):
         estimates = iwae_bound(
@@ -323,14 +326,13 @@ def test_exact_and_variational_em(ppca):
     x, W, b, sigma2 = ppca
     _, exact = ppca_em(x, 2, iterations=30)
     assert (exact["log_likelihood"].diff() >= -1e-9).all()
-    assert torch.allclose(
-        exact["elbo"][0::2], exact["log_likelihood"][:-1]
-    )  # tight after each E-step
+    # tight after each E-step
+    assert torch.allclose(exact["elbo"][0::2], exact["log_likelihood"][:-1])
     _, mean_field = ppca_em(x, 2, iterations=30, mean_field=True)
-    assert (mean_field["elbo"].diff() >= -1e-9).all()  # the ELBO still never falls
-    assert (
-        mean_field["elbo"][0::2] < mean_field["log_likelihood"][:-1]
-    ).all()  # but the bound is not tight
+    # the ELBO still never falls
+    assert (mean_field["elbo"].diff() >= -1e-9).all()
+    # but the bound is not tight
+    assert (mean_field["elbo"][0::2] < mean_field["log_likelihood"][:-1]).all()
 
 
 def test_ppca_bad_inputs(ppca):

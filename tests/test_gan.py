@@ -55,12 +55,10 @@ def test_discriminator_loss_is_binary_cross_entropy_with_large_logits(dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 def test_generator_losses_with_large_logits(dtype):
     fake = BIG.to(dtype)
-    non_saturating = F.binary_cross_entropy_with_logits(
-        fake, torch.ones_like(fake)
-    )  # -E log D(G(z))
-    saturating = -F.binary_cross_entropy_with_logits(
-        fake, torch.zeros_like(fake)
-    )  # E log(1 - D(G(z)))
+    # -E log D(G(z))
+    non_saturating = F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))
+    # E log(1 - D(G(z)))
+    saturating = -F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
     assert torch.allclose(generator_loss(fake), non_saturating, rtol=1e-6)
     assert torch.allclose(
         generator_loss(fake, "non-saturating"), non_saturating, rtol=1e-6
@@ -83,9 +81,8 @@ def test_gradients_stay_finite_and_show_saturation():
     (ns,) = torch.autograd.grad(generator_loss(fake, "non-saturating") * 4, fake)
     assert torch.allclose(sat, -torch.sigmoid(fake.detach()))
     assert torch.allclose(ns, -torch.sigmoid(-fake.detach()))
-    assert sat[0].abs() < 1e-40 and ns[0].item() == pytest.approx(
-        -1.0
-    )  # a rejected sample: only NS pushes
+    # a rejected sample: only NS pushes
+    assert sat[0].abs() < 1e-40 and ns[0].item() == pytest.approx(-1.0)
 
 
 def test_loss_bad_inputs():
@@ -195,8 +192,8 @@ def test_value_at_the_optimal_discriminator_is_minus_log_4_plus_2_jsd():
 
 def test_minimising_the_discriminator_loss_recovers_the_optimal_discriminator():
     # logistic regression on (x, x^2) can represent the log ratio of two Gaussians
-    # exactly, so
-    # minimising discriminator_loss on many samples must recover D* up to sampling error
+    # exactly, so minimising discriminator_loss on many samples must recover D* up to
+    # sampling error
     g = torch.Generator().manual_seed(0)
     real = 0.0 + 1.0 * torch.randn(20000, generator=g, dtype=F64)
     fake = 1.0 + 0.6 * torch.randn(20000, generator=g, dtype=F64)
@@ -226,10 +223,10 @@ def test_mode_coverage_counts_covered_modes_and_high_quality_samples():
     modes = toy2d_modes("ring")
     std = TOY2D_STD["ring"]
     near = modes[[0, 0, 2, 5, 5, 5]] + torch.tensor([[2.9 * std, 0.0]] + [[0.0, 0.0]] * 5)
-    beyond = modes[[1, 3]] + torch.tensor(
-        [[0.0, 3.1 * std], [-3.1 * std, 0.0]]
-    )  # just outside 3 std
-    between = torch.zeros(2, 2)  # the centre of the ring
+    # just outside 3 std
+    beyond = modes[[1, 3]] + torch.tensor([[0.0, 3.1 * std], [-3.1 * std, 0.0]])
+    # the centre of the ring
+    between = torch.zeros(2, 2)
     result = mode_coverage(torch.cat([near, beyond, between]), "ring")
     assert result["modes"] == 3
     assert result["high_quality"] == pytest.approx(6 / 10)
@@ -308,7 +305,8 @@ def test_train_gan_moves_a_1d_generator_to_the_data():
     x = 2.0 + 0.5 * torch.randn(5000, 1, generator=torch.Generator().manual_seed(0))
     model = GAN(1, latent_dim=1, hidden=32, seed=0)
 
-    def wasserstein_1(samples):  # between equal-size 1-D samples: sort and match
+    # between equal-size 1-D samples: sort and match
+    def wasserstein_1(samples):
         return (samples[:, 0].sort().values - x[:4000, 0].sort().values).abs().mean()
 
     start = wasserstein_1(model.sample(4000, generator=torch.Generator().manual_seed(1)))
@@ -339,14 +337,14 @@ def test_batch_norm_generator_snapshots_and_samples_use_the_running_statistics()
         n_snapshot=50,
     )
     assert not model.training
-    z_fixed = torch.randn(
-        50, 2, generator=torch.Generator().manual_seed(0)
-    )  # train_gan's first draw
+    # train_gan's first draw
+    z_fixed = torch.randn(50, 2, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.allclose(history["snapshots"][20], model.generate(z_fixed))
+        # batch statistics
         assert not torch.allclose(
             model.train().generate(z_fixed), history["snapshots"][20]
-        )  # batch statistics
+        )
 
 
 def test_scale_is_a_change_of_units():
@@ -365,9 +363,8 @@ def test_more_discriminator_steps_and_rates():
     history = train_gan(
         model, x, steps=5, batch_size=16, lr=0.0, d_lr=1e-3, d_steps=3, seed=0
     )
-    assert all(
-        torch.equal(a, b) for a, b in zip(before, model.generator.parameters())
-    )  # lr = 0: G fixed
+    # lr = 0: G fixed
+    assert all(torch.equal(a, b) for a, b in zip(before, model.generator.parameters()))
     assert history["d_loss"].shape == (5,) and (
         history["d_loss"][-1] < history["d_loss"][0]
     )
@@ -389,10 +386,11 @@ def test_committed_toy_gans_reproduce_their_stored_coverage():
                 )
                 cover = mode_coverage(samples, experiment["data"])
                 run = toy["runs"][(name, pack, seed)]
+                # stored at training
                 assert run["coverage"] == (
                     cover["modes"],
                     pytest.approx(cover["high_quality"]),
-                )  # stored at training
+                )
                 assert (
                     sorted(run["snapshots"])[0] == 0
                     and run["history"]["d_loss"].dim() == 1
@@ -403,10 +401,10 @@ def test_committed_toy_gans_reproduce_their_stored_coverage():
                 sum(modes) / 3,
                 sum(quality) / 3,
             )
-        assert mean_modes[(name, 2)] > mean_modes[(name, 1)]  # packing covers more modes
-    assert (
-        mean_modes[("ring", 2)] >= 7.5 and mean_quality[("ring", 2)] >= 0.8
-    )  # the chapter's goals
+        # packing covers more modes
+        assert mean_modes[(name, 2)] > mean_modes[(name, 1)]
+    # the chapter's goals
+    assert mean_modes[("ring", 2)] >= 7.5 and mean_quality[("ring", 2)] >= 0.8
     assert mean_modes[("grid-bn", 2)] >= 23 and mean_quality[("grid-bn", 2)] >= 0.8
 
 

@@ -61,8 +61,7 @@ def test_only_names_no_instructor_cell_binds_come_from_the_kernel():
     exec("f = kl_categorical\nn = len([1])", namespace)
     assert isinstance(namespace["f"], grading.Remote) and namespace["n"] == 1
     # a student who deleted the setup cell and defined the grader's estimator gets a
-    # NameError,
-    # never their own version
+    # NameError, never their own version
     with pytest.raises(NameError):
         exec("test_neg_elbo(None, x_test)", namespace)
     assert session.asked == ["kl_categorical"]
@@ -128,9 +127,8 @@ def test_a_returned_model_is_rebuilt_from_the_trusted_class_only():
     )
     forged = grading.encode(model)
     forged["module"][0] = ["__main__.Tiny"]
-    forged["module"][1] = grading.encode(
-        {"hidden": 10**9}
-    )  # a config that would exhaust memory
+    # a config that would exhaust memory
+    forged["module"][1] = grading.encode({"hidden": 10**9})
     with pytest.raises(grading.CallFailed, match="do not match"):
         grading.decode(forged, session._rebuild)
     unknown = grading.encode(model)

@@ -303,9 +303,8 @@ def test_what_cannot_be_sent_is_named(value, words):
         {"tensor": ["float32", [-1], ""]},  # a negative size
         {"pickle": "gASV"},  # anything but the known nodes
         {"list": [1], "tuple": [2]},
-        {
-            "module": [["__main__.X"], {}, {"dict": []}]
-        },  # a module, and nothing to rebuild it with
+        # a module, and nothing to rebuild it with
+        {"module": [["__main__.X"], {}, {"dict": []}]},
     ],
 )
 def test_the_decoder_rejects_what_encode_never_sends(tree):

@@ -238,9 +238,8 @@ def test_reverse_fit_of_a_bimodal_target_seeks_one_mode_and_forward_covers():
     q_forward, _ = fit_gaussian(mixture, "forward", steps=1500, n=512, lr=0.02)
     assert abs(q_reverse.mean.abs().item() - 2.0) < 0.1
     assert abs(q_reverse.stddev.item() - 0.6) < 0.1
-    assert q_forward.variance.item() == pytest.approx(
-        4 + 0.36, abs=0.25
-    )  # the mixture's variance
+    # the mixture's variance
+    assert q_forward.variance.item() == pytest.approx(4 + 0.36, abs=0.25)
 
 
 def test_fit_is_deterministic_given_a_seed():

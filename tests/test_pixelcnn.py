@@ -43,8 +43,10 @@ def model(kind, levels=5, channels=8, layers=3, seed=0, **kwargs):
         .double()
         .eval()
     )
-    for name, p in net.named_parameters():  # random weights, no biases: every conditional
-        if name.endswith("bias"):  # depends strongly on the pixels before it
+    # random weights, no biases: every conditional
+    for name, p in net.named_parameters():
+        # depends strongly on the pixels before it
+        if name.endswith("bias"):
             p.data.zero_()
         else:
             p.data.normal_(0, 0.5)
@@ -81,10 +83,10 @@ def test_masked_convolution_is_causal_by_input_gradients(mask_type):
     J = raster_jacobian(conv, torch.randn(1, 3, H, W, dtype=F64))
     i, j = torch.meshgrid(torch.arange(H * W), torch.arange(H * W), indexing="ij")
     future = j > i if mask_type == "B" else j >= i
-    assert J[future].abs().max() == 0  # exactly zero: no information from x_j, j >= i (A)
-    assert (J.diagonal() > 0).all() == (
-        mask_type == "B"
-    )  # B sees its own position, A never does
+    # exactly zero: no information from x_j, j >= i (A)
+    assert J[future].abs().max() == 0
+    # B sees its own position, A never does
+    assert (J.diagonal() > 0).all() == (mask_type == "B")
     # and nothing allowed is masked away: pixels up to 2 rows above / 2 columns aside
     # all count
     ri, ci, rj, cj = i // W, i % W, j // W, j % W
@@ -147,9 +149,8 @@ def test_dependency_matrix_and_receptive_field_agree_with_the_jacobian():
     J = sum(raster_jacobian(net.features, net.embed(x[k : k + 1])) for k in range(4))
     assert torch.equal(rf.flatten(), J[3 * 6 + 4] > 0)
     leaky = MaskedConv2d(8, 5, 3, "B").double()
-    assert (
-        dependency_matrix(leaky, e).diagonal().all()
-    )  # type B in the first layer leaks x_i into its own logits
+    # type B in the first layer leaks x_i into its own logits
+    assert dependency_matrix(leaky, e).diagonal().all()
 
 
 # ----------------------------------------------------------------------------------------
@@ -164,9 +165,8 @@ def test_categorical_nll_matches_torch_distributions():
         -Categorical(logits=logits.permute(0, 2, 3, 1)).log_prob(x[:, 0]).sum((1, 2))
     )
     torch.testing.assert_close(categorical_nll(logits, x), expected)
-    torch.testing.assert_close(
-        categorical_nll(logits, x[:, 0].double()), expected
-    )  # whole floats, no channel
+    # whole floats, no channel
+    torch.testing.assert_close(categorical_nll(logits, x[:, 0].double()), expected)
     assert bits_per_dim(torch.tensor(64 * math.log(2)), 64).item() == pytest.approx(1.0)
 
 
@@ -206,9 +206,8 @@ def test_log_prob_is_normalised_over_every_image(kind):
 def test_argmax_samples_reproduce_the_models_own_argmax(kind, naive):
     net = model(kind, layers=2, cond_channels=2)
     cond = torch.randn(3, 2, 5, 4, dtype=F64)
-    x = sample(
-        net, 3, (10, 8), cond, argmax=True, naive=naive
-    )  # the receptive field is smaller than the image
+    # the receptive field is smaller than the image
+    x = sample(net, 3, (10, 8), cond, argmax=True, naive=naive)
     assert x.shape == (3, 1, 10, 8) and x.dtype == torch.long
     assert torch.equal(net(x, cond).argmax(1, keepdim=True), x)
 
@@ -224,10 +223,10 @@ def test_samples_follow_the_model_distribution():
     x = sample(net, 20000, (2, 2), seed=3)
     index = (x.flatten(1) * torch.tensor([27, 9, 3, 1])).sum(1)
     freq = torch.bincount(index, minlength=81).double() / 20000
-    assert 0.5 * (freq - p).abs().sum() < 0.03  # total variation distance
-    assert torch.equal(
-        sample(net, 500, (2, 2), seed=3), sample(net, 500, (2, 2), seed=3)
-    )  # seeded: the same draws
+    # total variation distance
+    assert 0.5 * (freq - p).abs().sum() < 0.03
+    # seeded: the same draws
+    assert torch.equal(sample(net, 500, (2, 2), seed=3), sample(net, 500, (2, 2), seed=3))
     assert not torch.equal(
         sample(net, 500, (2, 2), seed=3), sample(net, 500, (2, 2), seed=4)
     )
@@ -301,9 +300,8 @@ def test_pretrained_digits_models_load_and_reach_their_goal(name, levels, goal):
     ) == len(history["step"])
     x, _ = digits("test", binarize=levels == 2)
     test_nll = nll(model_, x).item()
-    assert test_nll < (
-        goal if goal else 64 * math.log(2)
-    )  # beats intro_dgm's ARM / beats coin flips
+    # beats intro_dgm's ARM / beats coin flips
+    assert test_nll < (goal if goal else 64 * math.log(2))
 
 
 # ----------------------------------------------------------------------------------------
@@ -313,9 +311,8 @@ def test_pretrained_digits_models_load_and_reach_their_goal(name, levels, goal):
 @pytest.mark.gpu
 @pytest.mark.parametrize("kind", ["plain", "gated"])
 def test_cuda_matches_cpu(kind, monkeypatch):
-    monkeypatch.setattr(
-        torch.backends.cudnn, "allow_tf32", False
-    )  # full float32 convolutions, like the CPU
+    # full float32 convolutions, like the CPU
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     cuda = torch.device("cuda")
     net = model(kind, layers=3, n_classes=3).float()
     x = torch.randint(5, (16, 1, 8, 8))
@@ -362,8 +359,10 @@ def test_causal_mask_channels_orders_the_colours_at_the_centre_tap():
         off_centre[1, 1] = 0
         centre_free = m.clone()
         centre_free[:, :, 1, 1] = 0
-        assert (centre_free == off_centre).all()  # the spatial part is the 2-D mask
-        groups = m[:, :, 1, 1].reshape(3, 3, 3, 2).amax((1, 3))  # (out colour, in colour)
+        # the spatial part is the 2-D mask
+        assert (centre_free == off_centre).all()
+        # (out colour, in colour)
+        groups = m[:, :, 1, 1].reshape(3, 3, 3, 2).amax((1, 3))
         expected = torch.tril(torch.ones(3, 3), diagonal=-1 if kind == "A" else 0)
         assert (groups == expected).all()
     assert (causal_mask_channels(5, "B", 4, 4, colors=1) == causal_mask(5, "B")).all()

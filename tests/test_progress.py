@@ -15,9 +15,8 @@ from nbclient import NotebookClient
 from lib import collapse, gan, pixelcnn, train
 from tests.course_helpers import ROOT
 
-BAR = re.compile(
-    r"\d+%\||\d+(?:\.\d+)?(?:it|s)/(?:s|it)\]|\d+/\d+ \["
-)  # ' 40%|████  | 4/10 [00:01<..., 3.2it/s]'
+# ' 40%|████  | 4/10 [00:01<..., 3.2it/s]'
+BAR = re.compile(r"\d+%\||\d+(?:\.\d+)?(?:it|s)/(?:s|it)\]|\d+/\d+ \[")
 WIDGET = "application/vnd.jupyter.widget-view+json"
 
 
@@ -80,9 +79,8 @@ LOOPS = [
 @pytest.mark.parametrize("name", LOOPS)
 def test_a_bar_appears_when_the_switch_says_interactive(name, monkeypatch, capsys):
     monkeypatch.setenv("DGM_PROGRESS", "1")
-    monkeypatch.setattr(
-        pixelcnn, "SAMPLING_BAR_DELAY_S", 0.0
-    )  # a real run shows it after 2 s
+    # a real run shows it after 2 s
+    monkeypatch.setattr(pixelcnn, "SAMPLING_BAR_DELAY_S", 0.0)
     long_work(name)
     err = capsys.readouterr().err
     assert BAR.search(err), (
@@ -103,9 +101,8 @@ def test_no_bar_when_the_switch_says_executed(name, monkeypatch, capsys):
 
 def test_pixelcnn_sampling_shows_its_bar_only_when_it_takes_a_while(monkeypatch, capsys):
     monkeypatch.setenv("DGM_PROGRESS", "1")
-    pixelcnn.sample(
-        pixelcnn.PixelCNN(4, channels=8, layers=2), 2, (4, 4), seed=0
-    )  # milliseconds
+    # milliseconds
+    pixelcnn.sample(pixelcnn.PixelCNN(4, channels=8, layers=2), 2, (4, 4), seed=0)
     assert not BAR.search(capsys.readouterr().err)
 
 
@@ -141,9 +138,8 @@ def test_in_a_jupyter_kernel_bars_show_by_default_and_the_switch_hides_them(monk
     """A kernel started without DGM_PROGRESS, as JupyterLab or Colab starts one: the
     default is to show (a tqdm widget); DGM_PROGRESS=0, as the executed builds set it,
     hides every bar."""
-    monkeypatch.delenv(
-        "DGM_PROGRESS", raising=False
-    )  # the kernel inherits this environment
+    # the kernel inherits this environment
+    monkeypatch.delenv("DGM_PROGRESS", raising=False)
     setup = (
         "import os, torch\n"
         "from lib import train\n"

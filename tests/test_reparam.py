@@ -140,9 +140,8 @@ def test_per_sample_gradient_is_the_implicit_gradient_of_the_cdf(name):
     theta)/dtheta / q(z) (Figurnov et al. 2018), computed here from torch.distributions'
     CDF at the drawn z."""
     values, sampler, torch_dist, _ = SAMPLERS[name]
-    leaves = [
-        torch.full((500,), v, dtype=F64, requires_grad=True) for v in values
-    ]  # one copy per sample
+    # one copy per sample
+    leaves = [torch.full((500,), v, dtype=F64, requires_grad=True) for v in values]
     z = sampler(*leaves, (), generator=torch.Generator().manual_seed(2))
     dz = torch.autograd.grad(z.sum(), leaves, allow_unused=True, materialize_grads=True)
     fixed = z.detach()
@@ -175,7 +174,8 @@ def test_erlang_and_beta_gradients_reach_their_parameters():
     z = sample_erlang(4, rate, (100,))
     (d_rate,) = torch.autograd.grad(z.sum(), rate)
     assert torch.allclose(d_rate, -(z.detach() / rate.detach()).sum())
-    a, b = t(0.7, 3.2)  # non-integer shapes: implicit gradients
+    # non-integer shapes: implicit gradients
+    a, b = t(0.7, 3.2)
     (ga, gb) = pathwise_grad(
         lambda z: z, lambda a, b: sample_beta(a, b), (a, b), 100_000, seed=4
     )
@@ -200,8 +200,9 @@ def test_shapes_broadcasting_and_dtype():
         lambda u: torch.tan(math.pi * (u - 0.5)),
         (N,),
         like=torch.zeros((), dtype=F64),
+        # standard Cauchy
         generator=torch.Generator().manual_seed(5),
-    )  # standard Cauchy
+    )
     assert stats.kstest(z.numpy(), stats.cauchy().cdf).pvalue > 1e-3
 
 
@@ -323,7 +324,8 @@ def test_score_function_handles_discrete_and_nondifferentiable_f():
     step = lambda z: (z > 0).to(z.dtype)  # noqa: E731
     params = t(0.3, 0.8, grad=False)
     path = pathwise_grad(step, lambda a, b: sample_normal(a, b), params, 1000, seed=0)
-    assert all((g == 0).all() for g in path)  # the pathwise estimator cannot see a step
+    # the pathwise estimator cannot see a step
+    assert all((g == 0).all() for g in path)
     (g_mu, _) = score_function_grad(
         step, lambda a, b: D.Normal(a, b), params, 100_000, seed=4
     )
@@ -349,7 +351,8 @@ def test_estimators_are_deterministic_with_a_seed_and_leave_the_global_rng_alone
     )
     assert all(torch.equal(x, y) for x, y in zip(a + c, b + d))
     assert torch.equal(torch.random.get_rng_state(), before)
-    assert params[0].grad is None  # the caller's tensors are not touched
+    # the caller's tensors are not touched
+    assert params[0].grad is None
 
 
 # ----------------------------------------------------------------------------------------
@@ -374,7 +377,8 @@ def test_gumbel_softmax_is_on_the_simplex_and_tends_to_gumbel_max():
     assert y.shape == (1000, 4) and (y >= 0).all()
     assert torch.allclose(y.sum(-1), torch.ones(1000, dtype=F64))
     (grad,) = torch.autograd.grad((y * torch.arange(4.0, dtype=F64)).sum(), logits)
-    assert grad.abs().sum() > 0  # the relaxation passes gradients
+    # the relaxation passes gradients
+    assert grad.abs().sum() > 0
     # the same Gumbel noise at any temperature has the same argmax as Gumbel-max
     k = gumbel_max(logits, (1000,), generator=torch.Generator().manual_seed(3))
     assert torch.equal(y.argmax(-1), k)
@@ -383,7 +387,8 @@ def test_gumbel_softmax_is_on_the_simplex_and_tends_to_gumbel_max():
     )
     assert torch.equal(cold.argmax(-1), k)
     off = (cold.detach() - torch.nn.functional.one_hot(k, 4).to(F64)).abs().amax(-1)
-    assert (off < 1e-3).float().mean() > 0.99  # one-hot, but for the rare near-ties
+    # one-hot, but for the rare near-ties
+    assert (off < 1e-3).float().mean() > 0.99
     hot = gumbel_softmax(logits, 1e4, (1000,), generator=torch.Generator().manual_seed(3))
     assert torch.allclose(hot.detach(), torch.full_like(hot, 0.25), atol=1e-3)
 

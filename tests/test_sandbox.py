@@ -71,9 +71,8 @@ def test_a_kernel_that_holds_every_thread_it_may_does_not_starve_the_next(
     monkeypatch.setenv("DGM_COURSE_ROOT", str(tmp_path))
     kernels = []
     try:
-        for _ in range(
-            2
-        ):  # the victim is started first: the limit used to be counted from then
+        # the victim is started first: the limit used to be counted from then
+        for _ in range(2):
             kernels.append(
                 start_new_kernel(kernel_name=sandbox.KERNEL_NAME, cwd=str(tmp_path))
             )

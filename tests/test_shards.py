@@ -4,12 +4,13 @@ is graded.
 
 A real PostgreSQL server is started here (`postgres_server`: a throwaway cluster in a
 temporary folder, as an unprivileged user, on a unix socket only), or the tests skip and
-say why. The class: six students, two small assignments ("probe" of
-tests/test_autograde.py and "probe2"), 12 submissions, among them a corrupt notebook, a
-kernel killer, wrong and blank answers. It is graded once on one machine into SQLite,
-the reference, and once by three concurrent shards into PostgreSQL, one of which is
-killed with SIGKILL while it grades and then run again. Every nbgrader run is counted
-from the runs ledgers (``.autograde/logs/<student>/<assignment>.runs``).
+say why. The class:
+six students, two small assignments ("probe" of tests/test_autograde.py and "probe2"), 12
+submissions, among them a corrupt notebook, a kernel killer, wrong and blank answers. It
+is graded once on one machine into SQLite, the reference, and once by three concurrent
+shards into PostgreSQL, one of which is killed with SIGKILL while it grades and then run
+again. Every nbgrader run is counted from the runs ledgers
+(``.autograde/logs/<student>/<assignment>.runs``).
 """
 
 import contextlib
@@ -269,8 +270,8 @@ RIGHT = {
 KILLER = "import os\nos._exit(3)\n"
 SPY = "import os\nprint('DB_URL seen by the kernel:', repr(os.environ.get('DB_URL')))\n"
 # (student, assignment) -> what is handed in: "right", "wrong", "killer", "blank", "spy"
-# or "corrupt".
-# The names spread the 12 submissions 4/4/4 over three shards (autograde.shard_of).
+# or "corrupt". The names spread the 12 submissions 4/4/4 over three shards
+# (autograde.shard_of).
 CLASS = {
     ("ada", A): "right",
     ("ada", B): "spy",
@@ -285,9 +286,8 @@ CLASS = {
     ("jon", A): "blank",
     ("jon", B): "right",
 }
-GRADED = sorted(
-    key for key, kind in CLASS.items() if kind != "corrupt"
-)  # nbgrader runs for these
+# nbgrader runs for these
+GRADED = sorted(key for key, kind in CLASS.items() if kind != "corrupt")
 
 
 def answers(root: Path, assignment: str, kind: str):
@@ -541,9 +541,8 @@ def test_shards_partition_the_class_the_same_way_everywhere():
         "each submission in exactly one shard"
     )
     assert all(70 <= len(s) <= 130 for s in shards), [len(s) for s in shards]
-    assert (
-        autograde.shard_of("ada", A, 3) == 1 and autograde.shard_of("bob", A, 3) == 0
-    )  # fixed: a hash, not hash()
+    # fixed: a hash, not hash()
+    assert autograde.shard_of("ada", A, 3) == 1 and autograde.shard_of("bob", A, 3) == 0
     assert autograde.parse_shard("0/3") == (0, 3) and autograde.parse_shard("2/3") == (
         2,
         3,
@@ -561,18 +560,16 @@ def test_on_sqlite_a_whole_run_refuses_company_and_shards_share_the_course(tmp_p
     (tmp_path / "solutions" / A).mkdir(parents=True)
     (tmp_path / "solutions" / A / f"{A}.ipynb").write_text("{}")
     (tmp_path / "submitted").mkdir()
-    whole = autograde._lock(
-        tmp_path
-    )  # a whole run is going: nothing else starts, shard or not
+    # a whole run is going: nothing else starts, shard or not
+    whole = autograde._lock(tmp_path)
     for args in ([], ["--shard", "0/2"]):
         done = course(tmp_path, "autograde", *args, check=False)
         assert done.returncode != 0 and "another autograde is running" in done.stderr, (
             done.stderr
         )
     whole.close()
-    shard = autograde._lock(
-        tmp_path, shared=True
-    )  # a shard is going: another shard may start, a whole run not
+    # a shard is going: another shard may start, a whole run not
+    shard = autograde._lock(tmp_path, shared=True)
     other = autograde._lock(tmp_path, shared=True)
     with pytest.raises(autograde.Busy, match="another autograde is running"):
         autograde._lock(tmp_path)

@@ -12,6 +12,7 @@ from lib.data import digits
 from lib.elbo import ppca_elbo, ppca_log_marginal
 from lib.train import fit, fit_early_stopping
 from lib.vae import (
+    log_normal_diag,
     CHECKPOINT_DIR,
     CHECKPOINTS,
     CVAE,
@@ -82,9 +83,8 @@ def test_reparameterize_is_repeatable_with_a_generator():
 def test_decoders_log_prob_against_brute_force():
     x_bin = digits("test", binarize=True)[0][:6]
     x_lev = digits("test")[0][:6]
-    z = torch.randn(
-        3, 6, 4, generator=torch.Generator().manual_seed(2)
-    )  # 3 samples for each of 6 images
+    # 3 samples for each of 6 images
+    z = torch.randn(3, 6, 4, generator=torch.Generator().manual_seed(2))
     bern = VAE("bernoulli", latent_dim=4, hidden=32, seed=1)
     logits = bern.decoder.net(z.reshape(-1, 4)).reshape(3, 6, 64)
     expected = Bernoulli(logits=logits).log_prob(x_bin.flatten(1)).sum(-1)
@@ -181,9 +181,11 @@ def linear_gaussian_vae(d=5, q_dim=2, seed=0, sigma=0.7):
     W = torch.randn(d, q_dim, generator=g, dtype=F64)
     b = torch.randn(d, generator=g, dtype=F64)
     M = W.T @ W + sigma**2 * torch.eye(q_dim, dtype=F64)
-    A = torch.linalg.solve(M, W.T)  # posterior mean map
+    # posterior mean map
+    A = torch.linalg.solve(M, W.T)
     post_var = (sigma**2 * torch.linalg.inv(M)).diagonal()
-    encoder = LinearEncoder(A, -A @ b, (1.3 * post_var).log())  # a slightly too wide q
+    # a slightly too wide q
+    encoder = LinearEncoder(A, -A @ b, (1.3 * post_var).log())
     net = nn.Linear(q_dim, d).double()
     with torch.no_grad():
         net.weight.copy_(W)
@@ -220,7 +222,8 @@ def test_log_likelihood_is_matches_the_exact_log_marginal():
     with torch.no_grad():
         mu, logvar = model.encode(x)
     elbo = ppca_elbo(x, W, b, sigma2, mu, torch.diag(logvar[0].exp()))
-    assert (elbo < exact).all()  # the bound has a gap, which IS closes
+    # the bound has a gap, which IS closes
+    assert (elbo < exact).all()
     assert error.mean() < 0.3 * (exact - elbo).mean()
 
 
@@ -252,9 +255,8 @@ def test_cvae_conditions_on_labels():
     assert model.sample(4).shape == (40, 1, 8, 8)
     z = torch.zeros(2, 3)
     a, b = model.decode(z, torch.tensor([1, 7])), model.decode(z, torch.tensor([7, 7]))
-    assert not torch.allclose(a[0], b[0]) and torch.allclose(
-        a[1], b[1]
-    )  # the label changes the image
+    # the label changes the image
+    assert not torch.allclose(a[0], b[0]) and torch.allclose(a[1], b[1])
     assert log_likelihood_is(model, x[:5], y[:5], K=10).shape == (5,)
     with pytest.raises(ValueError, match="labels must lie in 0..9"):
         model.loss(x[:2], torch.tensor([0, 10]))
@@ -310,9 +312,8 @@ def test_checkpoints_are_small_and_complete():
         assert path.stat().st_size < 2 * 2**20, f"{file} is larger than 2 MB"
         torch.load(path, weights_only=True)
     for name in REFERENCE_MODELS:
-        model, history = reference_model(
-            name, train_if_missing=False
-        )  # strict load of every state_dict
+        # strict load of every state_dict
+        model, history = reference_model(name, train_if_missing=False)
         assert not model.training and set(history) == {"step", "train", "val"}
 
 
@@ -450,3 +451,15 @@ def test_cuda_reaches_the_books_numbers(name, kind, full_precision):
         numbers.append((elbo.item(), log_likelihood_is(model, xs, K=500).mean().item()))
     (cpu_elbo, cpu_ll), (gpu_elbo, gpu_ll) = numbers
     assert abs(cpu_elbo - gpu_elbo) < 0.1 and abs(cpu_ll - gpu_ll) < 0.1, numbers
+
+
+def test_log_normal_diag_is_the_diagonal_gaussian_log_density():
+    """Against torch.distributions, broadcast as in lib.collapse.mutual_information."""
+    g = torch.Generator().manual_seed(0)
+    z, mu, logvar = (
+        torch.randn(5, 1, 3, generator=g, dtype=torch.float64) for _ in "abc"
+    )
+    mu, logvar = mu.transpose(0, 1), logvar.transpose(0, 1)  # (1, 5, 3): all pairs
+    exact = Independent(Normal(mu, (0.5 * logvar).exp()), 1).log_prob(z)
+    assert exact.shape == (5, 5)
+    assert torch.allclose(log_normal_diag(z, mu, logvar), exact, rtol=1e-12, atol=0)

@@ -102,9 +102,8 @@ def test_quantizer_output_gradient_reaches_the_encoder_output_unchanged():
     upstream = torch.randn(2, 3, 4, 4, dtype=F64)
     (vq(z_e).z_q * upstream).sum().backward()
     assert torch.equal(z_e.grad, upstream)
-    assert vq.codebook.grad is None or torch.all(
-        vq.codebook.grad == 0
-    )  # the decoder path never trains the codes
+    # the decoder path never trains the codes
+    assert vq.codebook.grad is None or torch.all(vq.codebook.grad == 0)
 
 
 def test_codebook_term_trains_the_codes_and_commitment_the_encoder():
@@ -137,18 +136,17 @@ def test_ema_step_matches_a_hand_computed_update():
     vq = VectorQuantizer(3, 2, mode="ema", decay=decay, eps=eps).double()
     e = torch.tensor([[0.0, 0.0], [4.0, 0.0], [0.0, 4.0]], dtype=F64)
     vq.codebook.copy_(e)
-    vq.ema_sum.copy_(e)  # N_k = 1, m_k = e_k at the start
-    z = torch.tensor(
-        [[0.5, 0.0], [-0.5, 1.0], [3.0, 1.0]], dtype=F64
-    )  # codes 0, 0, 1; code 2 unused
+    # N_k = 1, m_k = e_k at the start
+    vq.ema_sum.copy_(e)
+    # codes 0, 0, 1; code 2 unused
+    z = torch.tensor([[0.5, 0.0], [-0.5, 1.0], [3.0, 1.0]], dtype=F64)
     q = vq.train()(z.T.reshape(1, 2, 1, 3))
     assert q.indices.flatten().tolist() == [0, 0, 1]
-    torch.testing.assert_close(
-        q.z_q.reshape(2, 3).T, e[[0, 0, 1]]
-    )  # quantised before the update
+    # quantised before the update
+    torch.testing.assert_close(q.z_q.reshape(2, 3).T, e[[0, 0, 1]])
     # by hand: N = 0.9 * 1 + 0.1 * (2, 1, 0) = (1.1, 1.0, 0.9); m_0 = 0.1 * (0, 1) = (0,
-    # 0.1),
-    # m_1 = 0.9 * (4, 0) + 0.1 * (3, 1) = (3.9, 0.1), m_2 = 0.9 * (0, 4) = (0, 3.6)
+    # 0.1), m_1 = 0.9 * (4, 0) + 0.1 * (3, 1) = (3.9, 0.1), m_2 = 0.9 * (0, 4) = (0,
+    # 3.6)
     N = torch.tensor([1.1, 1.0, 0.9], dtype=F64)
     m = torch.tensor([[0.0, 0.1], [3.9, 0.1], [0.0, 3.6]], dtype=F64)
     smoothed = (N + eps) / (3.0 + 3 * eps) * 3.0
@@ -157,14 +155,16 @@ def test_ema_step_matches_a_hand_computed_update():
     torch.testing.assert_close(vq.codebook, m / smoothed[:, None])
     before = vq.codebook.clone()
     vq.eval()(z.T.reshape(1, 2, 1, 3))
-    assert torch.equal(vq.codebook, before)  # no update in eval mode
+    # no update in eval mode
+    assert torch.equal(vq.codebook, before)
 
 
 def test_dead_code_restart_revives_unused_codes():
     def used_after(restart):
         torch.manual_seed(4)
         vq = VectorQuantizer(16, 2, mode="loss", restart=restart)
-        vq.codebook.data[8:] += 100.0  # half the codes far from the data
+        # half the codes far from the data
+        vq.codebook.data[8:] += 100.0
         for step in range(3):
             q = vq(torch.randn(4, 2, 8, 8))
         return codes_used(q.indices, 16).item(), vq.codebook.detach()
@@ -172,9 +172,8 @@ def test_dead_code_restart_revives_unused_codes():
     used, codebook = used_after(False)
     assert used <= 0.5 and codebook[8:].abs().min() > 50
     used, codebook = used_after(True)
-    assert (
-        used == 1.0 and codebook.abs().max() < 10
-    )  # every code moved onto the data and chosen
+    # every code moved onto the data and chosen
+    assert used == 1.0 and codebook.abs().max() < 10
 
 
 def test_restart_resets_the_ema_statistics():
@@ -246,9 +245,8 @@ def test_pretrained_models_reconstruct_better_than_independent_pixels():
     x, _ = digits("test")
     model, history = pretrained("ema-restart")
     result = evaluate(model, x)
-    assert (
-        result["rec"] < 80 and result["used"] > 0.9
-    )  # restarts keep (nearly) every code in use
+    # restarts keep (nearly) every code in use
+    assert result["rec"] < 80 and result["used"] > 0.9
     assert len(history["rec"]) > 100
     prior, _ = pretrained_prior()
     assert prior.levels == model.n_codes

@@ -67,9 +67,8 @@ MATHJAX_ENTRY = "tex-mml-chtml.js"
 MATHJAX_CDN = (
     f"https://cdn.jsdelivr.net/npm/mathjax@{MATHJAX_VERSION}/es5/{MATHJAX_ENTRY}"
 )
-STATIC = (
-    Path(__file__).resolve().parent.parent / "_static"
-)  # book/_static (an html_static_path)
+# book/_static (an html_static_path)
+STATIC = Path(__file__).resolve().parent.parent / "_static"
 MATHJAX_DIR = STATIC / "mathjax"
 FETCH = "`make mathjax` (or `python book/_ext/dgm_html.py fetch`)"
 MODES = ("local", "cdn")
