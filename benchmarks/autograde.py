@@ -6,9 +6,11 @@
 In a temporary copy of the course, every student hands in every released assignment,
 cycling through four kinds of submission: correct (the solutions), blank (the release),
 wrong (one task answered wrongly) and broken (invalid JSON). The class is graded once
-with ``--jobs 1`` and once with ``--jobs N`` (each from a fresh gradebook); the script
-prints seconds per notebook for each assignment and the speed-up, checks that both runs
-give the same scores, and writes the section "Autograde throughput" of
+with ``--jobs 1`` and once with ``--jobs N`` (each from a fresh gradebook), then serially
+with nbgrader's own Execute in place of ``course.grader.GradingExecute`` (the test cells
+in the student's kernel, as before; what the new design adds is the difference); the
+script prints seconds per notebook for each assignment and the speed-up, checks that
+both runs give the same scores, and writes the section "Autograde throughput" of
 benchmarks/RESULTS.md. It also executes every submitted notebook alone (nbclient, the
 plain python3 kernel, no grading): the grading overhead per notebook is the serial
 grading time minus that.
@@ -35,6 +37,7 @@ from course.autograde import assignments, gradebook  # noqa: E402
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}  # course/ runs from the repository root
 
 KINDS = ("correct", "blank", "wrong", "broken")
+GRADER, STOCK = "course.grader.GradingExecute", "nbgrader.preprocessors.Execute"
 
 
 def hand_in(root: Path, students: int, chosen: list[str]) -> dict[str, str]:
@@ -150,11 +153,24 @@ def main() -> None:
         reset(root)
         parallel = grade(root, args.jobs)
         assert scores(root) == serial_scores, "parallel grading must give the same scores"
+        # the design before the grader's process ran the test cells: nbgrader's own
+        # Execute, test cells in the same resource-limited kernel as the student's code
+        config = root / "nbgrader_config.py"
+        ours = config.read_text()
+        config.write_text(ours.replace(f'"{GRADER}"', f'"{STOCK}"'))
+        reset(root)
+        in_kernel = grade(root, 1)
+        config.write_text(ours)
         alone = execute_alone(root)
     executed = notebooks // len(chosen)
     rows = [[f"serial, {a}", t, t / executed] for a, t in per_assignment.items()] + [
         ["serial (jobs=1), all", serial, serial / notebooks],
         [f"parallel (jobs={args.jobs})", parallel, parallel / notebooks],
+        [
+            "serial, test cells in the kernel (nbgrader's Execute)",
+            in_kernel,
+            in_kernel / notebooks,
+        ],
         ["executed alone (no grading)", alone, alone / notebooks],
     ]
     write_section(
@@ -172,7 +188,9 @@ def main() -> None:
             f"Speed-up: {serial / parallel:.2f}x. Both runs gave identical scores. "
             f"Grading overhead: "
             f"{(serial - alone) / notebooks:.1f} s per notebook (serial grading minus "
-            f"executing alone).",
+            f"executing alone); the test cells in the grader's process add "
+            f"{(serial - in_kernel) / notebooks:+.2f} s per notebook to running them in "
+            f"the student's kernel.",
         ],
     )
 

@@ -41,6 +41,7 @@ import linecache
 import marshal
 import os
 import pickle
+import threading
 import time
 import traceback
 import types
@@ -160,9 +161,15 @@ class Namespace(dict):
         self.trusted_names = trusted_names
         self.session = session
         self.from_kernel: set[str] = set()
+        self.offline = False  # while the setup cells run: nothing comes from the kernel
 
     def __missing__(self, name):
-        if name in vars(builtins) or name in self.trusted_names or name.startswith("__"):
+        if (
+            self.offline
+            or name in vars(builtins)
+            or name in self.trusted_names
+            or name.startswith("__")
+        ):
             raise KeyError(name)
         # raises KeyError when the kernel has no such name
         value = self.session.lookup(name)
@@ -414,8 +421,12 @@ class GradingExecute(Execute):
         # probes called from the test cells run in the kernel
         grading.GRADER = self.session
         self.findings: list[str] = []
-        self._setup_done = False
         deadline = self._deadline = time.monotonic() + self.notebook_timeout
+        # The setup cells run here while the kernel starts and runs the student's first
+        # cells: importing lib and loading data would otherwise be seconds of waiting at
+        # the first test cell.
+        self._setup = threading.Thread(target=self._run_setup, daemon=True)
+        self._setup.start()
         todo = [i for i, cell in enumerate(nb.cells) if cell.cell_type == "code"]
         ran, restarts = [], 0
         while todo:
@@ -520,17 +531,29 @@ class GradingExecute(Execute):
             raise grading.CallFailed(
                 f"the notebook ran past its {self.notebook_timeout} s limit"
             )
-        cell = nbformat.v4.new_code_cell(
-            f"__import__('lib.grading').grading.serve({base64.b64encode(payload).decode()!r})"
-        )
+        # The payload rides in the request's metadata, not in the code: IPython reads a
+        # cell's source through its input transformers, about 0.4 s per MB.
+        cell = nbformat.v4.new_code_cell("__import__('lib.grading').grading.serve()")
+        request = base64.b64encode(payload).decode()
+
+        def execute(code, **options):
+            content = dict(code=code, silent=False, store_history=False)
+            content.update(options, user_expressions={}, allow_stdin=False)
+            message = self.kc.session.msg("execute_request", content)
+            message["metadata"][grading.REQUEST_KEY] = request
+            self.kc.shell_channel.send(message)
+            return message["header"]["msg_id"]
+
         # nbclient writes it back
         notebook, self.nb = self.nb, nbformat.v4.new_notebook(cells=[cell])
+        self.kc.execute = execute
         try:
             self.execute_cell(cell, 0, store_history=False)
         except (DeadKernelError, CellTimeoutError) as lost:
             raise KernelLost(type(lost)) from None
         finally:
             self.nb = notebook
+            del self.kc.execute  # the client's own again
         reply, errors = None, []
         for output in cell.outputs:
             if output.get("output_type") == "stream":
@@ -592,14 +615,29 @@ class GradingExecute(Execute):
         """Run an instructor cell in this process (the setup first, once); write its
         outputs."""
         namespace = self.session.namespace
-        if not self._setup_done:
-            self._setup_done = True
-            for setup_name, source in self.trusted.setup.items():
-                self._exec(source, setup_name, [])
+        self._setup.join(max(0.0, self._deadline - time.monotonic()))
         namespace.forget_kernel_values()
         outputs = []
         self._exec(self.trusted.all_sources()[name], name, outputs)
         cell.outputs = outputs
+
+    def _run_setup(self) -> None:
+        """The setup cells, in this process, in a thread of their own (`preprocess`).
+        While they run, a name they do not bind is not looked up in the kernel (the
+        main thread is talking to it); what they print or raise is dropped."""
+        namespace = self.session.namespace
+        namespace.offline = True
+        try:
+            for name, source in self.trusted.setup.items():
+                filename = f"<grader: {name}>"
+                lines = source.splitlines(True)
+                linecache.cache[filename] = (len(source), None, lines, filename)
+                try:
+                    exec(compile(source, filename, "exec"), namespace)
+                except BaseException as err:
+                    self.log.warning("the setup cell %s failed here: %r", name, err)
+        finally:
+            namespace.offline = False
 
     def _exec(self, source: str, name: str, outputs: list) -> None:
         filename = f"<grader: {name}>"

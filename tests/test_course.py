@@ -147,6 +147,36 @@ WRONG = {
                 "test_gumbel_softmax_sample",
             ],
         },
+        # the oracle of the old visible check, pasted in (autograd of Normal.log_prob),
+        # and autograd of a hand-written log q: the task is to derive the scores
+        {
+            "answers": {
+                **solution_answers("05-reparameterization"),
+                "score_function_estimates": "def score_function_estimates(f, mu, "
+                "sigma, z, baseline=0.0):\n"
+                "    m = mu.expand_as(z).clone().requires_grad_()\n"
+                "    s = sigma.expand_as(z).clone().requires_grad_()\n"
+                "    scores = torch.autograd.grad(torch.distributions.Normal(m, s)"
+                ".log_prob(z).sum(), (m, s))\n"
+                "    weight = (f(z) - baseline)[:, None]\n"
+                "    return weight * scores[0], weight * scores[1]",
+            },
+            "lose": ["test_score_function_estimates"],
+        },
+        {
+            "answers": {
+                **solution_answers("05-reparameterization"),
+                "score_function_estimates": "def score_function_estimates(f, mu, "
+                "sigma, z, baseline=0.0):\n"
+                "    m = mu.expand_as(z).clone().requires_grad_()\n"
+                "    s = sigma.expand_as(z).clone().requires_grad_()\n"
+                "    log_q = (-s.log() - (z - m) ** 2 / (2 * s ** 2)).sum()\n"
+                "    log_q.backward()\n"
+                "    weight = (f(z) - baseline)[:, None]\n"
+                "    return weight * m.grad, weight * s.grad",
+            },
+            "lose": ["test_score_function_estimates"],
+        },
     ],
     "06-posterior-collapse": [
         {

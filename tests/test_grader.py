@@ -196,3 +196,19 @@ def test_a_failed_run_reports_the_exception_not_nbgraders_last_words(tmp_path):
         autograde._last_error(log)
         == "RuntimeError: the grading kernel did not start (3 tries)"
     )
+
+
+def test_while_the_setup_runs_beside_the_kernel_no_name_is_fetched_from_it():
+    """The setup cells run in a thread while the main one talks to the kernel
+    (`GradingExecute._run_setup`): a lookup from there would cross that conversation."""
+    session = FakeSession({"kl_categorical"})
+    namespace = grader.Namespace(set(), session)
+    namespace.offline = True
+    with pytest.raises(NameError):
+        exec("kl_categorical", namespace)
+    assert session.asked == []
+    namespace.offline = False
+    exec("found = kl_categorical", namespace)
+    assert session.asked == ["kl_categorical"] and isinstance(
+        namespace["found"], grading.Remote
+    )
