@@ -4,8 +4,9 @@ One module per idea, each readable top to bottom like the chapter it serves:
 
     device    where tensors live, and seeding
     checks    argument checks with clear errors
-    data      sklearn's bundled digits (fixed split) and toy 2-D sets
-    train     one optimisation loop for every chapter
+    data      sklearn's bundled digits (fixed split, their geometry) and toy 2-D sets
+    train     one optimisation loop for every chapter, and ``evaluating(model)``
+    nets      networks the chapters share (``mlp``)
     plot      the book's figures
     grading   the exercise notebooks' test cells: checks, and the student kernel's half of
               grading (runs a student's function for the grader, sends back plain data)
@@ -19,6 +20,7 @@ One module per idea, each readable top to bottom like the chapter it serves:
     vq        chapter 07: vector-quantised VAE (codebook, straight-through, EMA, restarts)
     gan       chapter 08: adversarial training, the optimal discriminator, mode coverage
     pixelcnn  chapter 09: masked and gated PixelCNNs, causal sampling
+    diffusion chapter 10: diffusion models as deep latent-variable models (DDPM)
 
 The instructor's tooling (book build, release, autograde, the grading sandbox) is not
 here: it is ``course/`` at the repository root, and ``lib`` never imports it or
