@@ -49,7 +49,6 @@ from contextlib import ExitStack, contextmanager, redirect_stdout
 from pathlib import Path
 
 import nbformat
-import torch
 from nbclient import NotebookClient
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbclient.util import ensure_async, run_sync
@@ -58,7 +57,20 @@ from nbgrader.preprocessors import Execute
 from traitlets import Integer
 
 from course import sandbox
-from lib import grading
+
+# torch and lib.grading take over a second to import. They are imported when a notebook's
+# grading starts, by the thread that runs its setup cells while the kernel starts
+# (`GradingExecute.preprocess`), not when nbgrader loads this module.
+torch = grading = None
+
+
+def _import_science() -> None:
+    """Bind `torch` and `grading` (safe from two threads at once: the second import
+    waits for the first)."""
+    global torch, grading
+    import torch
+    from lib import grading
+
 
 # per student and assignment: what the kernel reported
 FINDINGS = Path(".autograde") / "findings"
@@ -320,7 +332,9 @@ class Session:
                 f"({type(err).__name__}: {str(err)[:200]})"
             ) from None
 
-    def _rebuild(self, classes: list[str], config: dict, state: dict) -> torch.nn.Module:
+    def _rebuild(
+        self, classes: list[str], config: dict, state: dict
+    ) -> "torch.nn.Module":
         """A module that came back as (classes, config, state_dict), rebuilt from the
         nearest class in its hierarchy that the instructor's cells or ``lib`` define."""
         for qualified in classes:
@@ -418,8 +432,6 @@ class GradingExecute(Execute):
         self.trusted = Trusted(self.resources, release_directory)
         self.session = Session(self)
         self.session.namespace = Namespace(self.trusted.names, self.session)
-        # probes called from the test cells run in the kernel
-        grading.GRADER = self.session
         self.findings: list[str] = []
         deadline = self._deadline = time.monotonic() + self.notebook_timeout
         # The setup cells run here while the kernel starts and runs the student's first
@@ -431,14 +443,19 @@ class GradingExecute(Execute):
         ran, restarts = [], 0
         while todo:
             with self._started_kernel():
+                _import_science()  # done by now in the setup thread, unless it failed
+                # probes called from the test cells run in the kernel
+                grading.GRADER = self.session
                 try:
                     self._kernel_request_report(reset=True)
-                    # a fresh kernel after a death: restore the state, keep the outputs
-                    for i in ran:
-                        self.execute_cell(
-                            copy.deepcopy(nb.cells[i]), i, store_history=False
-                        )
-                    self._kernel_request_report(reset=True)
+                    # a fresh kernel after a death: restore the state (from copies:
+                    # the outputs written stay)
+                    if ran:
+                        for i in ran:
+                            self.execute_cell(
+                                copy.deepcopy(nb.cells[i]), i, store_history=False
+                            )
+                        self._kernel_request_report(reset=True)
                 except (DeadKernelError, CellTimeoutError, KernelLost):
                     self._give_up(
                         todo,
@@ -628,6 +645,7 @@ class GradingExecute(Execute):
         namespace = self.session.namespace
         namespace.offline = True
         try:
+            _import_science()
             for name, source in self.trusted.setup.items():
                 filename = f"<grader: {name}>"
                 lines = source.splitlines(True)

@@ -39,6 +39,7 @@ grader's own user, who owns the files. The autograde summary then says so, once.
 """
 
 import ctypes
+import fcntl
 import hashlib
 import importlib.util
 import json
@@ -115,49 +116,61 @@ def isolated() -> bool:
 
 def prepare(prefix: str = sys.prefix) -> Path:
     """Write the ``dgm-grader`` kernelspec into ``<prefix>/share/jupyter/kernels`` and,
-    as root, create the unprivileged `USER` if it is missing (both idempotent)."""
-    if isolated():
-        try:
-            pwd.getpwnam(USER)
-        except KeyError:
-            done = subprocess.run(
-                [
-                    "useradd",
-                    "--system",
-                    "--no-create-home",
-                    "--home-dir",
-                    "/nonexistent",
-                    "--shell",
-                    "/usr/sbin/nologin",
-                    USER,
-                ],
-                capture_output=True,
-                text=True,
-            )
-            if done.returncode != 0 and "already exists" not in done.stderr:
-                raise SystemExit(
-                    f"cannot create the grading user {USER!r} (useradd: "
-                    f"{done.stderr.strip()}); "
-                    "create it by hand, or grade as a user other than root"
-                )
+    as root, create the unprivileged `USER` if it is missing. Idempotent, and safe when
+    several graders (or test processes) prepare at once: one at a time, under a lock,
+    and the kernelspec is replaced whole, never seen half written."""
     folder = Path(prefix) / "share" / "jupyter" / "kernels" / KERNEL_NAME
     folder.mkdir(parents=True, exist_ok=True)
-    spec = {
-        "argv": [
-            sys.executable,
-            str(Path(__file__).resolve()),
-            "-f",
-            "{connection_file}",
-        ],
-        "display_name": "Python 3 (grading, resource-limited)",
-        "language": "python",
-        "metadata": {"debugger": False},
-    }
-    text = json.dumps(spec, indent=1) + "\n"
-    path = folder / "kernel.json"
-    if not path.exists() or path.read_text() != text:
-        path.write_text(text)
+    with open(folder.parent / f".{KERNEL_NAME}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if isolated():
+            _create_user()
+        spec = {
+            "argv": [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "-f",
+                "{connection_file}",
+            ],
+            "display_name": "Python 3 (grading, resource-limited)",
+            "language": "python",
+            "metadata": {"debugger": False},
+        }
+        text = json.dumps(spec, indent=1) + "\n"
+        path = folder / "kernel.json"
+        if not path.exists() or path.read_text() != text:
+            staged = folder / "kernel.json.new"
+            staged.write_text(text)
+            os.replace(staged, path)
     return folder
+
+
+def _create_user() -> None:
+    try:
+        pwd.getpwnam(USER)
+        return
+    except KeyError:
+        pass
+    done = subprocess.run(
+        [
+            "useradd",
+            "--system",
+            "--no-create-home",
+            "--home-dir",
+            "/nonexistent",
+            "--shell",
+            "/usr/sbin/nologin",
+            USER,
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0 and "already exists" not in done.stderr:
+        raise SystemExit(
+            f"cannot create the grading user {USER!r} (useradd: "
+            f"{done.stderr.strip()}); "
+            "create it by hand, or grade as a user other than root"
+        )
 
 
 # ----------------------------------------------------------------------------------------

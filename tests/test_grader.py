@@ -5,6 +5,8 @@ import base64
 import contextlib
 import io
 import pickle
+import subprocess
+import sys
 import types
 
 import pytest
@@ -12,6 +14,18 @@ import torch
 
 from course import autograde, grader
 from lib import grading
+
+grader._import_science()  # as GradingExecute.preprocess does
+
+
+def test_nbgrader_loads_the_grader_without_importing_torch():
+    """torch (over a second) is imported by the setup thread while the kernel starts,
+    not on the way to it."""
+    code = "import sys, course.grader; print(sorted({'torch', 'lib'} & set(sys.modules)))"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "[]"
 
 
 class FakeSession:
