@@ -45,50 +45,47 @@ def _cell(kind, grade_id, source, *, grade=False, solution=False, points=None):
     return cell
 
 
-def probe_source():
+def probe_notebook(title: str, tasks) -> nbformat.NotebookNode:
+    """An assignment in nbgrader's format: a setup cell, then per task ``(name,
+    signature, body, visible, hidden, points)`` a solution cell and its test cell."""
     cells = [
-        _cell("markdown", "intro", "# Probe\nTwo tasks."),
+        _cell("markdown", "intro", title),
         _cell("code", "setup", "import math"),
-        _cell(
-            "code",
-            "add",
-            "def add(a, b):\n    ### BEGIN SOLUTION\n    return a + b\n    ### END "
-            "SOLUTION",
-            solution=True,
-        ),
-        _cell(
-            "code",
-            "test_add",
-            "assert add(1, 2) == 3\n### BEGIN HIDDEN TESTS\nassert add(20, 22) == 42\n"
-            "### END HIDDEN TESTS",
-            grade=True,
-            points=2,
-        ),
-        _cell(
-            "code",
-            "square",
-            "def square(x):\n    ### BEGIN SOLUTION\n    return x * x\n    ### END "
-            "SOLUTION",
-            solution=True,
-        ),
-        _cell(
-            "code",
-            "test_square",
-            "assert square(3) == 9\n### BEGIN HIDDEN TESTS\nassert square(-7) == 49\n"
-            "### END HIDDEN TESTS",
-            grade=True,
-            points=2,
-        ),
     ]
-    return new_notebook(
-        cells=cells,
-        metadata={
-            "kernelspec": {
-                "name": "python3",
-                "display_name": "Python 3",
-                "language": "python",
-            }
-        },
+    for name, signature, body, visible, hidden, points in tasks:
+        solution = (
+            f"def {signature}:\n    ### BEGIN SOLUTION\n    {body}\n    ### END SOLUTION"
+        )
+        test = f"{visible}\n### BEGIN HIDDEN TESTS\n{hidden}\n### END HIDDEN TESTS"
+        cells += [
+            _cell("code", name, solution, solution=True),
+            _cell("code", f"test_{name}", test, grade=True, points=points),
+        ]
+    kernelspec = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    return new_notebook(cells=cells, metadata={"kernelspec": kernelspec})
+
+
+def probe_source():
+    return probe_notebook(
+        "# Probe\nTwo tasks.",
+        [
+            (
+                "add",
+                "add(a, b)",
+                "return a + b",
+                "assert add(1, 2) == 3",
+                "assert add(20, 22) == 42",
+                2,
+            ),
+            (
+                "square",
+                "square(x)",
+                "return x * x",
+                "assert square(3) == 9",
+                "assert square(-7) == 49",
+                2,
+            ),
+        ],
     )
 
 

@@ -13,12 +13,14 @@ run it.
 Each notebook runs in its own ``pytest --nbval-lax`` process (its own kernel, in the
 notebook's folder, with this environment: ``DGM_PROGRESS=0`` from tests/conftest.py, so
 no progress bars). nbval reports a failing cell with its traceback; this test shows that
-report. A solution notebook takes 5-40 s on a 2-core CPU, a blank one a few seconds.
+report. A solution notebook takes 5-40 s on a 2-core CPU, a blank one a few seconds;
+two run at a time.
 """
 
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import nbformat
 import pytest
@@ -70,26 +72,44 @@ def report(done) -> str:
     return (done.stdout[-6000:] + done.stderr[-2000:]).strip()
 
 
+def released_copy(src, dst):
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_bytes(src.read_bytes())
+    return dst
+
+
+@pytest.fixture(scope="module")
+def nbval_runs(tmp_path_factory):
+    """Every notebook's nbval run, two at a time (a kernel runs on one thread, and this
+    machine may have two cores): ``(kind, assignment) -> Future`` of its result."""
+    pool = ThreadPoolExecutor(max_workers=2)
+    runs = {}
+    for assignment in assignments():
+        for kind, prepare, folder in (
+            ("solution", without_raises_exception, "solutions"),
+            ("release", released_copy, "notebooks"),
+        ):
+            where = tmp_path_factory.mktemp(f"{kind}-{assignment}")
+            notebook = prepare(
+                ROOT / folder / assignment / f"{assignment}.ipynb",
+                where / assignment / f"{assignment}.ipynb",
+            )
+            runs[kind, assignment] = pool.submit(nbval, notebook, where)
+    yield runs
+    pool.shutdown(cancel_futures=True)
+
+
 @pytest.mark.parametrize("assignment", assignments())
-def test_solution_notebook_runs_without_an_error(assignment, tmp_path):
-    notebook = without_raises_exception(
-        ROOT / "solutions" / assignment / f"{assignment}.ipynb",
-        tmp_path / assignment / f"{assignment}.ipynb",
-    )
-    done = nbval(notebook, tmp_path)
+def test_solution_notebook_runs_without_an_error(assignment, nbval_runs):
+    done = nbval_runs["solution", assignment].result()
     assert done.returncode == 0 and " passed" in done.stdout, (
         f"solutions/{assignment} does not run cleanly under nbval:\n{report(done)}"
     )
 
 
 @pytest.mark.parametrize("assignment", assignments())
-def test_released_notebook_runs_with_only_its_test_cells_failing(assignment, tmp_path):
-    notebook = tmp_path / assignment / f"{assignment}.ipynb"
-    notebook.parent.mkdir()
-    notebook.write_bytes(
-        (ROOT / "notebooks" / assignment / f"{assignment}.ipynb").read_bytes()
-    )
-    done = nbval(notebook, tmp_path)
+def test_released_notebook_runs_with_only_its_test_cells_failing(assignment, nbval_runs):
+    done = nbval_runs["release", assignment].result()
     assert done.returncode == 0 and " passed" in done.stdout, (
         f"notebooks/{assignment} fails outside its test cells under "
         f"nbval:\n{report(done)}"
