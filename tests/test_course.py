@@ -2,6 +2,7 @@
 feedback, grades, and the book's execution cache. Autograding runs in a temporary copy
 of the course."""
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,6 +16,7 @@ from tests.course_helpers import (
     SOLUTION as SOLUTION_BLOCK,
     assignments,
     course_command,
+    release,
     secret_lines,
     solution_answers,
     source,
@@ -65,10 +67,56 @@ WRONG = {
                 "ising_elbo": "def ising_elbo(m, J, h):\n"
                 "    return J * ((m[1:, :] * m[:-1, :]).sum() + (m[:, 1:] * m[:, "
                 ":-1]).sum()) + h * m.sum()",
-                "largest_decrease": "def largest_decrease(elbos):\n"
-                "    return (elbos[1:] - elbos[:-1]).clamp(min=0).max()",
+                # a parallel update: every site from the old values
+                "ising_cavi_sweep": "def ising_cavi_sweep(m, J, h):\n"
+                "    total = torch.zeros_like(m)\n"
+                "    total[1:, :] += m[:-1, :]\n"
+                "    total[:-1, :] += m[1:, :]\n"
+                "    total[:, 1:] += m[:, :-1]\n"
+                "    total[:, :-1] += m[:, 1:]\n"
+                "    return torch.tanh(J * total + h)",
             },
-            "lose": ["test_update_q_tau", "test_ising_elbo", "test_largest_decrease"],
+            "lose": ["test_update_q_tau", "test_ising_elbo", "test_ising_cavi_sweep"],
+        },
+        {
+            "answers": {
+                **solution_answers("02-vi"),
+                # periodic boundaries: the grid wraps around
+                "ising_cavi_sweep": "def ising_cavi_sweep(m, J, h):\n"
+                "    colour = (torch.arange(len(m))[:, None] + torch.arange(len(m))) "
+                "% 2\n"
+                "    for c in (0, 1):\n"
+                "        total = sum(torch.roll(m, s, d) for s in (1, -1) for d in (0, "
+                "1))\n"
+                "        m = torch.where(colour == c, torch.tanh(J * total + h), m)\n"
+                "    return m",
+            },
+            "lose": ["test_ising_cavi_sweep"],
+        },
+        # the visible checks, pasted in: the old enumeration oracle (its route is
+        # blocked, and the hidden grids have up to 2^64 states), and the precomputed
+        # values that replaced the old closed-form oracle of update_q_tau
+        {
+            "answers": {
+                **solution_answers("02-vi"),
+                "update_q_tau": "def update_q_tau(x, m, lam, mu0, lam0, a0, b0):\n"
+                "    if len(x) == 3:\n"
+                "        return torch.tensor([4.0, 37 / 12])\n"
+                "    return torch.tensor([5.5, 6.4])",
+                "ising_elbo": "import itertools\n"
+                "def ising_elbo(m, J, h):\n"
+                "    L = m.shape[0]\n"
+                "    total = torch.tensor(0.0)\n"
+                "    for config in itertools.product((-1.0, 1.0), repeat=L * L):\n"
+                "        s = torch.tensor(config).reshape(L, L)\n"
+                "        q = ((1 + s * m) / 2).prod()\n"
+                "        if q > 0:\n"
+                "            log_p = J * ((s[1:] * s[:-1]).sum() + (s[:, 1:] * s[:, "
+                ":-1]).sum()) + h * s.sum()\n"
+                "            total = total + q * (log_p - q.log())\n"
+                "    return total",
+            },
+            "lose": ["test_update_q_tau", "test_ising_elbo"],
         },
     ],
     "03-elbo": [
@@ -89,6 +137,37 @@ WRONG = {
             },
             "lose": ["test_responsibilities", "test_gmm_elbo", "test_m_step"],
         },
+        # the oracles of the old visible checks, pasted in: the mixture's log_prob,
+        # log p(x) - KL, and torch.cov's weights are blocked now
+        {
+            "answers": {
+                **solution_answers("03-elbo"),
+                "responsibilities": "def responsibilities(x, weights, means, covs):\n"
+                "    mixture = MixtureSameFamily(Categorical(weights), "
+                "MultivariateNormal(means, covs))\n"
+                "    log_joint = torch.stack([weights[k].log() + "
+                "MultivariateNormal(means[k], covs[k]).log_prob(x) for k in "
+                "range(len(weights))], 1)\n"
+                "    return (log_joint - mixture.log_prob(x)[:, None]).exp()",
+                "gmm_elbo": "def gmm_elbo(x, weights, means, covs, resp):\n"
+                "    mixture = MixtureSameFamily(Categorical(weights), "
+                "MultivariateNormal(means, covs))\n"
+                "    log_joint = torch.stack([weights[k].log() + "
+                "MultivariateNormal(means[k], covs[k]).log_prob(x) for k in "
+                "range(len(weights))], 1)\n"
+                "    posterior = Categorical(logits=log_joint)\n"
+                "    return mixture.log_prob(x).sum() - "
+                "kl_divergence(Categorical(probs=resp), posterior).sum()",
+                "m_step": "def m_step(x, resp):\n"
+                "    N = resp.sum(0)\n"
+                "    means = torch.stack([(resp[:, k:k + 1] * x).sum(0) / N[k] for k in "
+                "range(resp.shape[1])])\n"
+                "    covs = torch.stack([torch.atleast_2d(torch.cov(x.T, "
+                "aweights=resp[:, k], correction=0)) for k in range(resp.shape[1])])\n"
+                "    return N / len(x), means, covs",
+            },
+            "lose": ["test_responsibilities", "test_gmm_elbo", "test_m_step"],
+        },
     ],
     "04-vae": [
         {
@@ -101,12 +180,23 @@ WRONG = {
                 "    rec = nn.functional.binary_cross_entropy_with_logits(x_logits, x, "
                 "reduction='none').mean(-1)\n"
                 "    return rec + gaussian_kl(mu, logvar)",
+                # the mean of the log-weights: a K-sample ELBO, not L_K
+                "iwae_log_likelihood": "def iwae_log_likelihood(model, x, eps):\n"
+                "    mu, logvar = model.encode(x)\n"
+                "    z = mu + (0.5 * logvar).exp() * eps\n"
+                "    log_px_z = -nn.functional.binary_cross_entropy_with_logits("
+                "model.decode(z), x.expand(len(eps), -1, -1), reduction='none').sum(-1)\n"
+                "    log_pz = -0.5 * (z ** 2 + math.log(2 * math.pi)).sum(-1)\n"
+                "    log_qz = -0.5 * (eps ** 2 + logvar + math.log(2 * "
+                "math.pi)).sum(-1)\n"
+                "    return (log_px_z + log_pz - log_qz).mean(0)",
             },
             "lose": [
                 "test_gaussian_kl",
                 "test_reparameterize",
                 "test_neg_elbo_bernoulli",
                 "test_train_vae",
+                "test_iwae_log_likelihood",
             ],
         },
         {
@@ -115,6 +205,28 @@ WRONG = {
                 "    return mu + logvar * torch.randn_like(mu)",
             },
             "lose": ["test_reparameterize"],
+        },
+        {
+            "answers": {
+                **solution_answers("04-vae"),
+                # training on the test digits too: lib.data.digits is blocked meanwhile
+                "train_vae": solution_answers("04-vae")["train_vae"].replace(
+                    "fit(model, x_train,",
+                    "fit(model, torch.cat([x_train, digits('test', "
+                    "binarize=True)[0].flatten(1)]),",
+                ),
+                # log of the sum of the weights: the 1/K is missing
+                "iwae_log_likelihood": "def iwae_log_likelihood(model, x, eps):\n"
+                "    mu, logvar = model.encode(x)\n"
+                "    z = mu + (0.5 * logvar).exp() * eps\n"
+                "    log_px_z = -nn.functional.binary_cross_entropy_with_logits("
+                "model.decode(z), x.expand(len(eps), -1, -1), reduction='none').sum(-1)\n"
+                "    log_pz = -0.5 * (z ** 2 + math.log(2 * math.pi)).sum(-1)\n"
+                "    log_qz = -0.5 * (eps ** 2 + logvar + math.log(2 * "
+                "math.pi)).sum(-1)\n"
+                "    return torch.logsumexp(log_px_z + log_pz - log_qz, 0)",
+            },
+            "lose": ["test_train_vae", "test_iwae_log_likelihood"],
         },
     ],
     "05-reparameterization": [
@@ -511,6 +623,14 @@ CHEAT = {
         "    rec = nn.functional.binary_cross_entropy_with_logits(x_logits, x, "
         "reduction='none').sum(-1)\n"
         "    return rec + lib.vae.gaussian_kl_to_standard(mu, logvar).sum(-1)",
+        "iwae_log_likelihood": "from lib.elbo import iwae_bound\n"
+        "def iwae_log_likelihood(model, x, eps):\n"
+        "    mu, logvar = model.encode(x)\n"
+        "    z = mu + (0.5 * logvar).exp() * eps\n"
+        "    log_w = -nn.functional.binary_cross_entropy_with_logits(model.decode(z), "
+        "x.expand(len(eps), -1, -1), reduction='none').sum(-1) - 0.5 * (z ** 2 - eps ** "
+        "2 - logvar).sum(-1)\n"
+        "    return iwae_bound(log_w, dim=0)",
     },
     "05-reparameterization": {
         "sample_weibull": "def sample_weibull(scale, concentration, n):\n"
@@ -699,6 +819,37 @@ def test_release_has_no_solutions_or_hidden_tests(assignment):
     leaked = [line for line in secret_lines(assignment) if line in text]
     assert not leaked, f"solution or hidden-test lines in the release: {leaked[:3]}"
     assert "# YOUR CODE HERE" in text
+
+
+# Visible checks whose oracle passed the hidden tests when pasted into the solution cell
+# (issue 23): they now compare with precomputed values, and the oracle's routes are
+# blocked while the student's function runs (the "wrong" submissions above paste the old
+# oracles and lose the points). No code that computes the answer may come back.
+ORACLE_FREE = {
+    "02-vi": {
+        "test_update_q_tau": ("def ", "sum("),
+        "test_ising_elbo": ("def ", "itertools", "product"),
+    },
+    "03-elbo": {
+        "test_responsibilities": ("def ", "MixtureSameFamily", "log_prob"),
+        "test_gmm_elbo": ("def ", "MixtureSameFamily", "kl_divergence", "log_prob"),
+        "test_m_step": ("def oracle", "torch.cov", "aweights", "log_prob"),
+    },
+}
+
+
+@pytest.mark.parametrize("assignment", sorted(ORACLE_FREE))
+def test_released_visible_checks_hold_no_oracle(assignment):
+    # what the check computes, without the list of blocked names
+    cells = {
+        c.metadata["nbgrader"]["grade_id"]: re.sub(
+            r"SHORTCUTS = \[.*?\]", "", c.source, flags=re.S
+        )
+        for c in release(assignment).cells
+    }
+    for grade_id, words in ORACLE_FREE[assignment].items():
+        shown = [w for w in words if w in cells[grade_id]]
+        assert not shown, f"{assignment} {grade_id}: the visible check shows {shown}"
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """A hostile class: students who try to buy a score without solving anything.
 
-Two real assignments are graded, 01-kl (four functions) and 04-vae (three functions and a
+Two real assignments are graded, 01-kl (four functions) and 04-vae (four functions and a
 training run). Every attack below comes with answers that are wrong (zeros, an untrained
 model), or right only if the attack worked (it read hidden tests or the solutions, or
 found an expected value), so every point an attacker earns is a point the attack bought.
@@ -57,6 +57,8 @@ WRONG = {  # answers that are wrong but well formed, per function
     "model.decode(model.encode(x)[0]).sum()\n"
     "    return {'loss': zero, 'rec': zero, 'kl': zero}",
     "train_vae": "def _wrong_train_vae(x_train, seed=0):\n    return TinyVAE()",
+    "iwae_log_likelihood": "def _wrong_iwae_log_likelihood(model, x, eps):\n    "
+    "return torch.zeros(len(x))",
 }
 
 PRELUDE = {
@@ -188,11 +190,26 @@ def secrets(assignment: str) -> list[bytes]:
     ]
 
 
+def written_answers(assignment: str) -> dict[str, float]:
+    """grade_id -> points of the written answers (markdown, graded by hand)."""
+    source = nbformat.read(
+        ROOT / "solutions" / assignment / f"{assignment}.ipynb", as_version=4
+    )
+    return {
+        c.metadata["nbgrader"]["grade_id"]: c.metadata["nbgrader"]["points"]
+        for c in source.cells
+        if c.cell_type == "markdown" and c.metadata.get("nbgrader", {}).get("grade")
+    }
+
+
 def attack(kind: str, assignment: str, course: Path) -> dict[str, str]:
     """Solution cells rewritten: the prelude, then each function right only if the attack
-    leaked the answers (or returns a stolen expected value), else wrong."""
+    leaked the answers (or returns a stolen expected value), else wrong. Written answers
+    are left as released: a person grades them."""
     answers = {}
     for grade_id, right in solution_answers(assignment).items():
+        if grade_id in written_answers(assignment):
+            continue
         names = re.findall(r"^def (\w+)\(", right, re.M)
         # the secrets are written backwards, so that this cell's own source does not
         # contain them
@@ -255,7 +272,9 @@ def test_the_honest_solution_scores_full_marks_among_attackers(hostile_class, as
     root, rows, _ = hostile_class
     with autograde.gradebook(root) as gb:
         found = gb.find_submission(assignment, "honest")
-        assert found.score == found.max_score > 0, rows[("honest", assignment)]
+        # the written answers wait for a person
+        written = sum(written_answers(assignment).values())
+        assert found.score == found.max_score - written > 0, rows[("honest", assignment)]
     assert "tampering" not in rows[("honest", assignment)]
 
 
