@@ -21,6 +21,8 @@ One module per idea, each readable top to bottom like the chapter it serves:
     gan       chapter 08: adversarial training, the optimal discriminator, mode coverage
     pixelcnn  chapter 09: masked and gated PixelCNNs, causal sampling
     diffusion chapter 10: diffusion models as deep latent-variable models (DDPM)
+    zoo       the book's trained models: ``load(name)``, ``save``, the recipes that train
+              them (``lib.zoo.<chapter>``) and ``python -m lib.zoo --retrain``
 
 The instructor's tooling (book build, release, autograde, the grading sandbox) is not
 here: it is ``course/`` at the repository root, and ``lib`` never imports it or

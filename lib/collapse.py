@@ -26,17 +26,13 @@ Remedies (training objectives of a `VAE` built by `make_vae`)
                          (eq-collapse-free-bits)
     fit_aggressive       He et al.'s aggressive inference-network training
 
-The book's models (`VARIANTS`) are trained by `train_variant` with one recipe (`RECIPE`:
-same seed, same number of optimiser steps, AdamW) and stored in
-lib/checkpoints/06-collapse-<name>.pt (float16 weights; `reference_model` loads them);
-`python -m lib.collapse --retrain` trains them again (about 4 minutes of one CPU core).
+The book's models are ``lib.zoo.load("collapse/<name>")``, one per variant; their
+recipe (`VARIANTS`, `RECIPE`, `train_variant`) is lib/zoo/collapse.py.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -50,8 +46,9 @@ from lib.checks import (
     one_of,
     positive_int,
 )
-from lib.data import IMAGE_SHAPE, PIXELS, digits
-from lib.train import BestWeights, evaluating, fit, minimise, retrain_main, show_progress
+from lib.data import IMAGE_SHAPE, PIXELS
+from lib.device import seeded
+from lib.train import evaluating, fit, minimise, show_progress
 from lib.vae import (
     LOG_2PI,
     VAE,
@@ -63,8 +60,8 @@ from lib.vae import (
     make_decoder,
     mlp_encoder_net,
     reparameterize,
-    validation_neg_elbo,
 )
+from lib.zoo import moved
 
 
 # ----------------------------------------------------------------------------------------
@@ -324,8 +321,12 @@ class MaskedDecoder(nn.Module):
         return x.reshape(len(z), *self.event_shape)
 
     def mean(self, z: torch.Tensor, context=None) -> torch.Tensor:
-        """For pictures: a sample (an autoregressive decoder has no cheap mean image)."""
-        return self.sample(z)
+        """E[x | z] has no closed form here: pixel i's mean depends on the pixels drawn
+        before it. An error, not a sample passed off as a mean."""
+        raise NotImplementedError(
+            "an autoregressive decoder has no closed-form mean image E[x | z]: use "
+            "decode(z, mean=False) or sample(n) for images drawn from p(x | z)"
+        )
 
 
 # ----------------------------------------------------------------------------------------
@@ -348,8 +349,7 @@ def make_vae(
     makes the encoder linear. ``seed`` seeds the initial weights (the global random
     state is left untouched)."""
     one_of("decoder", decoder, DECODERS)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         net = (
             mlp_encoder_net(PIXELS, latent_dim, hidden)
             if hidden
@@ -406,292 +406,142 @@ def fit_aggressive(
     that must not move has requires_grad off, so its gradient is None and the optimiser
     leaves it (and its moment estimates) alone. So no second optimiser and no loop of
     its own are needed: everything goes through `lib.train.minimise` and `fit`.
-    ``on_round(step)`` is called whenever another ``every`` steps have been taken.
+    ``seed`` decides the minibatches, the MI checks and the model's own draws (the
+    samples z, dropout), for which the global generators are seeded for the run and put
+    back after it (`lib.device.seeded`). ``on_round(step)`` is called whenever another
+    ``every`` steps have been taken.
     ``progress``: one tqdm bar over the ``steps`` (`lib.train.show_progress` decides by
     default). Returns the history: "loss" per step, the aggressive phase's "mi" checks
     as (step, MI) rows, and "switch" (the step at which it ended).
     """
     positive_int("steps", steps)
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
-    generator = torch.Generator(device=x.device).manual_seed(seed)
-    batches = _batches(x, batch_size, generator)
-    objective = lambda step: collapse_loss(model, next(batches))  # noqa: E731
-    encoder, decoder = model.encoder, model.decoder
-    losses, mi_history, taken, decoder_steps, best_mi, since_best = (
-        [],
-        [],
-        0,
-        0,
-        -math.inf,
-        0,
-    )
-    rounds_done = 0
-    bar = tqdm(
-        total=steps, desc="aggressive", disable=not show_progress(progress), leave=False
-    )
-
-    def run(parameters_on, n):
-        nonlocal taken, rounds_done
-        frozen = decoder if parameters_on is encoder else encoder
-        frozen.requires_grad_(False)
-        model.train()
-        history = minimise(objective, None, steps=n, optimizer=optimizer, progress=False)
-        frozen.requires_grad_(True)
-        losses.append(history["loss"])
-        taken += n
-        bar.update(n)
-        while every and on_round and taken >= (rounds_done + 1) * every:
-            rounds_done += 1
-            on_round(taken)
-        return history["loss"].mean().item()
-
-    aggressive = True
-    while aggressive and taken < steps:
-        previous, inner = math.inf, 0  # 1. the encoder catches up
-        while inner < inner_max and taken < steps:
-            chunk = min(check_every, inner_max - inner, steps - taken)
-            current = run(encoder, chunk)
-            inner += chunk
-            if current >= previous:
-                break
-            previous = current
-        if taken >= steps:
-            break
-        run(decoder, 1)  # 2. one decoder step
-        decoder_steps += 1
-        if decoder_steps % mi_every == 0:  # 3. has I_q(x; z) stopped rising?
-            with torch.no_grad():
-                model.eval()
-                mu, logvar = model.encode(x_val)
-                mi = mutual_information(
-                    mu,
-                    logvar,
-                    generator=torch.Generator(device=x.device).manual_seed(seed),
-                ).item()
-            mi_history.append((taken, mi))
-            since_best = 0 if mi > best_mi else since_best + 1
-            best_mi = max(best_mi, mi)
-            aggressive = since_best < patience
-    switch = taken
-    # ordinary training for the rest of the budget
-    while taken < steps:
-        n = (
-            steps - taken
-            if not (every and on_round)
-            else min(steps - taken, (rounds_done + 1) * every - taken)
+    run = _Steps(model, optimizer, steps, every, on_round, progress)
+    with seeded(seed):
+        batches = _batches(x, batch_size, torch.Generator(x.device).manual_seed(seed))
+        mi_history = _aggressive_phase(
+            run,
+            lambda step: collapse_loss(model, next(batches)),
+            x_val,
+            seed=seed,
+            inner_max=inner_max,
+            check_every=check_every,
+            mi_every=mi_every,
+            patience=patience,
         )
-        model.train()
-        losses.append(
-            fit(
-                model,
-                x,
-                steps=n,
-                batch_size=batch_size,
-                optimizer=optimizer,
-                seed=seed + 1 + taken,
-                progress=False,
-            )["loss"]
-        )
-        taken += n
-        bar.update(n)
-        while every and on_round and taken >= (rounds_done + 1) * every:
-            rounds_done += 1
-            on_round(taken)
-    bar.close()
+        switch = run.taken
+        _ordinary_phase(run, x, batch_size, seed)
+    run.bar.close()
     model.eval()
     return {
-        "loss": torch.cat(losses),
+        "loss": torch.cat(run.losses),
         "mi": torch.tensor(mi_history).reshape(-1, 2),
         "switch": torch.tensor(switch),
     }
 
 
-# The book's comparison: one recipe, one seed, the same number of optimiser steps for
-# every variant.
-RECIPE = dict(
-    steps=3000,
-    every=100,
-    batch_size=100,
-    lr=3e-3,
-    weight_decay=0.1,
-    seed=0,
-    latent_dim=16,
-)
+class _Steps:
+    """The optimiser steps of one `fit_aggressive` run: taken with one optimiser,
+    counted against the budget, their losses kept, shown on one bar, and reported to
+    ``on_round`` every ``every`` steps."""
 
-VARIANTS = {
-    # name: (decoder, remedy, settings)
-    "factorised": ("factorised", "elbo", {}),
-    "plain": ("autoregressive", "elbo", {}),
-    "lambda": ("autoregressive", "lambda", {"weight": 0.5}),
-    "anneal": ("autoregressive", "anneal", {"warmup": 1000, "start": 0.1}),
-    "free-bits": ("autoregressive", "free-bits", {"floor": 0.25}),
-    "aggressive": ("autoregressive", "aggressive", {}),
-}
+    def __init__(self, model, optimizer, steps, every, on_round, progress):
+        self.model, self.optimizer, self.steps = model, optimizer, steps
+        self.every, self.on_round = (every, on_round) if every and on_round else (0, None)
+        self.taken, self.rounds_done, self.losses = 0, 0, []
+        self.bar = tqdm(
+            total=steps,
+            desc="aggressive",
+            disable=not show_progress(progress),
+            leave=False,
+        )
 
+    @property
+    def left(self) -> int:
+        return self.steps - self.taken
 
-class _Tracker:
-    """Measures a model on validation images after each round of training and keeps the
-    weights with the best validation -ELBO (early stopping by model selection, inside a
-    fixed budget)."""
+    def until_round(self) -> int:
+        """Steps left before the next ``on_round`` (all of them without one)."""
+        if not self.every:
+            return self.left
+        return min(self.left, (self.rounds_done + 1) * self.every - self.taken)
 
-    def __init__(self, model, x_val, seed):
-        self.model, self.x_val, self.seed = model, x_val, seed
-        self.rows, self.best = [], BestWeights(model)
+    def record(self, losses: torch.Tensor) -> None:
+        self.losses.append(losses)
+        self.taken += len(losses)
+        self.bar.update(len(losses))
+        while self.every and self.taken >= (self.rounds_done + 1) * self.every:
+            self.rounds_done += 1
+            self.on_round(self.taken)
 
-    def __call__(self, step):
+    def only(self, trained: nn.Module, objective, n: int) -> float:
+        """``n`` steps that move ``trained`` (the encoder or the decoder) alone; the
+        mean loss."""
         model = self.model
-        model.eval()
-        with torch.no_grad():
-            generator = torch.Generator(device=self.x_val.device).manual_seed(self.seed)
-            mu, logvar = model.encode(self.x_val)
-            kl = kl_per_dim(mu, logvar).sum().item()
-            mi = mutual_information(mu, logvar, generator=generator).item()
-            val = validation_neg_elbo(model, self.x_val, samples=5, seed=self.seed).item()
-        self.rows.append((step, val, kl, mi, active_units(mu)))
-        self.best.update(val)
+        frozen = model.decoder if trained is model.encoder else model.encoder
+        frozen.requires_grad_(False)
         model.train()
-
-    def finish(self, history: dict) -> dict:
-        self.best.restore()
-        self.model.eval()
-        rows = torch.tensor(self.rows, dtype=torch.float32).reshape(-1, 5)
-        history = {k: v for k, v in history.items()}
-        for k, name in enumerate(("step", "val", "val_kl", "val_mi", "val_au")):
-            history[name] = rows[:, k]
-        return history
+        history = minimise(
+            objective, None, steps=n, optimizer=self.optimizer, progress=False
+        )
+        frozen.requires_grad_(True)
+        self.record(history["loss"])
+        return history["loss"].mean().item()
 
 
-def train_variant(
-    name: str, *, steps: int | None = None, x=None, x_val=None, progress=None
-):
-    """Train one of the book's `VARIANTS` with `RECIPE` (``steps`` overrides its budget)
-    on the binarised training digits. Every ``RECIPE["every"]`` steps the validation
-    -ELBO, KL, MI and active units are recorded, and the model ends with the weights of
-    its best validation -ELBO. The global random state (dropout, the samples z) is
-    seeded with ``RECIPE["seed"]`` for the run and restored afterwards, so a run is
-    repeatable on the CPU. Returns ``(model, history)``."""
-    one_of("name", name, VARIANTS)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(RECIPE["seed"])
-        return _train_variant(name, steps, x, x_val, progress)
+def _aggressive_phase(
+    run: _Steps, objective, x_val, *, seed, inner_max, check_every, mi_every, patience
+) -> list[tuple[int, float]]:
+    """Rounds of 1. encoder steps until the encoder has caught up, 2. one decoder step,
+    until I_q(x; z) stops rising (3.) or the budget is spent. Returns the MI checks,
+    (step, MI)."""
+    model, mi_history = run.model, []
+    decoder_steps, best_mi, since_best, aggressive = 0, -math.inf, 0, True
+    while aggressive and run.left:
+        previous, inner = math.inf, 0  # 1. the encoder catches up
+        while inner < inner_max and run.left:
+            chunk = min(check_every, inner_max - inner, run.left)
+            current = run.only(model.encoder, objective, chunk)
+            inner += chunk
+            if current >= previous:
+                break
+            previous = current
+        if not run.left:
+            break
+        run.only(model.decoder, objective, 1)  # 2. one decoder step
+        decoder_steps += 1
+        if decoder_steps % mi_every == 0:  # 3. has I_q(x; z) stopped rising?
+            with torch.no_grad():
+                model.eval()
+                mu, logvar = model.encode(x_val)
+                generator = torch.Generator(device=x_val.device).manual_seed(seed)
+                mi = mutual_information(mu, logvar, generator=generator).item()
+            mi_history.append((run.taken, mi))
+            since_best = 0 if mi > best_mi else since_best + 1
+            best_mi = max(best_mi, mi)
+            aggressive = since_best < patience
+    return mi_history
 
 
-def _train_variant(name, steps, x, x_val, progress):
-
-    decoder, remedy, settings = VARIANTS[name]
-    steps = RECIPE["steps"] if steps is None else positive_int("steps", steps)
-    x = digits("train", binarize=True)[0] if x is None else x
-    x_val = digits("val", binarize=True)[0] if x_val is None else x_val
-    model = make_vae(decoder, latent_dim=RECIPE["latent_dim"], seed=RECIPE["seed"])
-    every, seed = RECIPE["every"], RECIPE["seed"]
-    start = time.process_time()
-    tracker = _Tracker(model, x_val, seed)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=RECIPE["lr"], weight_decay=RECIPE["weight_decay"]
-    )
-    if remedy == "aggressive":
-        history = fit_aggressive(
-            model,
+def _ordinary_phase(run: _Steps, x, batch_size: int, seed: int) -> None:
+    """The rest of the budget: ordinary joint steps (`lib.train.fit`), in pieces that
+    end where ``on_round`` is due."""
+    while run.left:
+        run.model.train()
+        history = fit(
+            run.model,
             x,
-            x_val,
-            steps=steps,
-            batch_size=RECIPE["batch_size"],
-            optimizer=optimizer,
-            seed=seed,
-            every=every,
-            on_round=tracker,
-            progress=progress,
+            steps=run.until_round(),
+            batch_size=batch_size,
+            optimizer=run.optimizer,
+            seed=seed + 1 + run.taken,
+            progress=False,
         )
-        return model, tracker.finish(
-            {**history, "cpu_seconds": torch.tensor(time.process_time() - start)}
-        )
-    step = 0
-
-    def loss(xb):
-        nonlocal step
-        if remedy == "anneal":
-            weight = kl_anneal(step, settings["warmup"], start=settings["start"])
-        else:
-            weight = settings.get("weight", 1.0)
-        step += 1
-        return collapse_loss(model, xb, weight=weight, floor=settings.get("floor"))
-
-    losses = []
-    for k in tqdm(
-        range(steps // every), desc=name, disable=not show_progress(progress), leave=False
-    ):
-        losses.append(
-            fit(
-                model,
-                x,
-                steps=every,
-                batch_size=RECIPE["batch_size"],
-                loss=loss,
-                optimizer=optimizer,
-                seed=seed + k,
-                progress=False,
-            )["loss"]
-        )
-        tracker((k + 1) * every)
-    return model, tracker.finish(
-        {
-            "loss": torch.cat(losses),
-            "cpu_seconds": torch.tensor(time.process_time() - start),
-        }
-    )
+        run.record(history["loss"])
 
 
 # ----------------------------------------------------------------------------------------
-# The book's trained models (train-or-load); weights stored in float16, one file per
-# variant.
+# The book's trained models and their recipe: lib.zoo ("collapse/<name>",
+# lib/zoo/collapse.py).
 
-CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
-
-
-def checkpoint_path(name: str) -> Path:
-    return CHECKPOINT_DIR / f"06-collapse-{one_of('name', name, VARIANTS)}.pt"
-
-
-def _build(name: str) -> VAE:
-    return make_vae(
-        VARIANTS[name][0], latent_dim=RECIPE["latent_dim"], seed=RECIPE["seed"]
-    )
-
-
-def reference_model(name: str, *, train_if_missing: bool = True, device=None):
-    """One of the book's `VARIANTS`, loaded from lib/checkpoints/06-collapse-<name>.pt
-    (float16 weights, loaded as float32) or trained with `train_variant` when the file
-    is missing. Returns ``(model, history)`` in eval mode; the history is that of the
-    committed run."""
-    path = checkpoint_path(name)
-    if path.exists():
-        stored = torch.load(path, weights_only=True)
-        model = _build(name)
-        model.load_state_dict({k: v.float() for k, v in stored["state"].items()})
-        history = stored["history"]
-    elif train_if_missing:
-        model, history = train_variant(name)
-    else:
-        raise FileNotFoundError(
-            f"no checkpoint {path}; run `python -m lib.collapse --retrain`"
-        )
-    model.eval()
-    return (model if device is None else model.to(device)), history
-
-
-def retrain(names=None) -> None:
-    """Train the named variants (default: all) with `RECIPE` and rewrite their
-    checkpoints."""
-    CHECKPOINT_DIR.mkdir(exist_ok=True)
-    for name in names or list(VARIANTS):
-        model, history = train_variant(name)
-        state = {k: v.half() for k, v in model.state_dict().items()}
-        torch.save({"state": state, "history": history}, checkpoint_path(name))
-
-
-if __name__ == "__main__":
-    retrain_main(
-        "Train chapter 06's VAEs again and rewrite lib/checkpoints/06-collapse-*.pt",
-        VARIANTS,
-        retrain,
-    )
+__getattr__ = moved("collapse", ("RECIPE", "VARIANTS", "train_variant"))

@@ -1,13 +1,13 @@
 """Where tensors live, and how runs are made repeatable.
 
-Everything in `lib` works on whatever device its inputs are on; this module only picks a
-sensible default for new tensors and models.
+Everything in `lib` works on whatever device its inputs are on; this module picks a
+sensible default for new tensors and models (`default_device`), and holds the one rule
+for randomness (`seeded`).
 """
 
 import os
-import random
+from contextlib import contextmanager, nullcontext
 
-import numpy as np
 import torch
 
 from lib.checks import nonnegative_int
@@ -32,15 +32,29 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed Python, NumPy and PyTorch (all devices); return a CPU generator with that
-    seed.
+@contextmanager
+def seeded(seed: int, device=None):
+    """The one rule for randomness in `lib`: a function that draws random numbers takes a
+    ``seed`` (or a ``generator``) and leaves the global random state as it found it.
 
-    On the CPU the same seed gives the same numbers run after run, which is what lets the
-    book and the tests agree.
+    Inside the block torch's global generators (the CPU's and every CUDA device's) are
+    seeded with ``seed``, for what cannot take a generator (``nn.init``, dropout, the
+    order of a shuffle inside a library); afterwards they are put back as they were.
+    Yields a ``torch.Generator`` on ``device`` (default: the CPU) with the same seed,
+    for the draws that can take one.
     """
     nonnegative_int("seed", seed)
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)  # the CPU and every CUDA device
+        yield torch.Generator(device=device or "cpu").manual_seed(seed)
+
+
+def drawing_from(generator: torch.Generator | None):
+    """`seeded` with a seed drawn from ``generator``, for a function that takes a
+    generator but calls code that cannot (``torch.distributions``' ``sample``); with
+    None, nothing is seeded and the draws come from the global generators, as the
+    caller asked."""
+    if generator is None:
+        return nullcontext()
+    return seeded(int(torch.randint(2**62, (), generator=generator)))

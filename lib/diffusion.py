@@ -30,22 +30,22 @@ dtype of its inputs; random draws take a ``generator``.
 
 `Diffusion` holds an MLP noise predictor and a schedule, for 2-D points (``levels=None``)
 or 8x8 digits with 17 grey levels (``levels=17``, pixels mapped to [-1, 1]). The book's
-trained models are loaded by `pretrained`; ``python -m lib.diffusion --retrain [ring grid
-digits]`` trains them again into lib/checkpoints/10-*.pt.
+trained models are ``lib.zoo.load("diffusion/<name>")``; their recipe is
+lib/zoo/diffusion.py.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from lib.checks import float_tensor, one_of, positive_int
-from lib.data import digits, toy2d
-from lib.train import BestWeights, evaluating, minimise, retrain_main
+from lib.device import seeded
+from lib.train import BestWeights, evaluating, minimise
+from lib.zoo import moved
 
 SCHEDULES = ("linear", "cosine")
 VARIANCES = ("posterior", "beta")
@@ -655,8 +655,7 @@ class Diffusion(nn.Module):
         self.register_buffer(
             "alpha_bar", alpha_bar_from_betas(beta_schedule(schedule, steps)).float()
         )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             self.net = NoisePredictor(
                 math.prod(self.event_shape), hidden=hidden, depth=depth
             )
@@ -849,137 +848,9 @@ def train_diffusion(
 
 
 # ----------------------------------------------------------------------------------------
-# The book's trained models: python -m lib.diffusion --retrain [ring grid digits]
+# The book's trained models and their recipe: lib.zoo ("diffusion/<name>",
+# lib/zoo/diffusion.py).
 
-CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
-TOY_SEEDS = (0, 1, 2)
-TOY_SCALE = {
-    "ring": 1 / math.sqrt(2),
-    "grid": 2 * math.sqrt(2),
-}  # the data's standard deviation per coordinate
-CONFIGS = {
-    # name: model arguments, training arguments
-    "ring": (
-        dict(
-            event_shape=(2,),
-            scale=TOY_SCALE["ring"],
-            steps=1000,
-            schedule="linear",
-            hidden=128,
-            depth=2,
-        ),
-        dict(steps=8000, batch_size=512, lr=2e-3),
-    ),
-    "grid": (
-        dict(
-            event_shape=(2,),
-            scale=TOY_SCALE["grid"],
-            steps=1000,
-            schedule="linear",
-            hidden=128,
-            depth=2,
-        ),
-        dict(steps=8000, batch_size=512, lr=2e-3),
-    ),
-    "digits": (
-        dict(
-            event_shape=(1, 8, 8),
-            levels=17,
-            steps=1000,
-            schedule="linear",
-            hidden=256,
-            depth=3,
-        ),
-        dict(steps=20_000, batch_size=128, lr=1e-3, every=2000),
-    ),
-}
-
-
-def build(name: str, seed: int = 0) -> Diffusion:
-    """An untrained model of the book's experiment ``name`` ("ring", "grid" or
-    "digits")."""
-    one_of("name", name, CONFIGS)
-    return Diffusion(**CONFIGS[name][0], seed=seed)
-
-
-def _path(name: str) -> Path:
-    return CHECKPOINT_DIR / (
-        f"10-toy-{name}.pt" if name in TOY_SCALE else f"10-{name}.pt"
-    )
-
-
-def train_reference(name: str, seed: int = 0, *, progress=None) -> tuple[Diffusion, dict]:
-    """Train one of the book's models with its `CONFIGS` recipe; returns ``(model,
-    history)``. The toy sets use 100 000 points (seed 123, as chapter 8); the digits the
-    training split, with early stopping on the validation split."""
-    model = build(name, seed)
-    training = dict(CONFIGS[name][1])
-    if name == "digits":
-        x, x_val = digits("train")[0], digits("val")[0]
-    else:
-        x, x_val = toy2d(name, 100_000, seed=123), None
-    history = train_diffusion(
-        model,
-        x,
-        **training,
-        x_val=x_val,
-        seed=seed,
-        progress=progress,
-        desc=f"{name} {seed}",
-    )
-    return model, history
-
-
-def pretrained(name: str, seed: int = 0, *, device=None) -> tuple[Diffusion, dict]:
-    """The book's trained model ``name`` (and ``seed``, for the toy sets) with its
-    training history, from lib/checkpoints/10-*.pt (state_dicts,
-    ``weights_only=True``)."""
-    one_of("name", name, CONFIGS)
-    path = _path(name)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{path} is missing: run `python -m lib.diffusion --retrain {name}`"
-        )
-    stored = torch.load(path, map_location="cpu", weights_only=True)
-    if str(seed) not in stored:
-        raise ValueError(
-            f"seed must be one of {sorted(map(int, stored))} for {name!r}, got {seed!r}"
-        )
-    model = build(name, seed)
-    model.load_state_dict({k: v.float() for k, v in stored[str(seed)]["state"].items()})
-    return model.to(device).eval(), stored[str(seed)]["history"]
-
-
-def retrain(names=tuple(CONFIGS)) -> None:
-    """Train the named experiments (the toy sets for every seed in TOY_SEEDS); overwrite
-    their checkpoints. The digits weights are stored in float16 (loaded as float32)."""
-    CHECKPOINT_DIR.mkdir(exist_ok=True)
-    for name in names:
-        stored = {}
-        for seed in TOY_SEEDS if name in TOY_SCALE else (0,):
-            model, history = train_reference(name, seed, progress=True)
-            half = name == "digits"
-            stored[str(seed)] = {
-                "state": {
-                    k: (v.half() if half and k.startswith("net.") else v)
-                    for k, v in model.state_dict().items()
-                },
-                "history": {k: v.cpu() for k, v in history.items()},
-            }
-            print(
-                f"{name} seed {seed}: {history['cpu_seconds'].item():.0f} CPU s"
-                + (
-                    f", best val -ELBO {history['val'].min():.2f} nats"
-                    if "val" in history
-                    else ""
-                )
-            )
-        torch.save(stored, _path(name))
-
-
-if __name__ == "__main__":
-    retrain_main(
-        "Train the diffusion models of book/10-diffusion.md into lib/checkpoints/10-*.pt",
-        CONFIGS,
-        retrain,
-    )
+__getattr__ = moved(
+    "diffusion", ("TOY_SEEDS", "TOY_SCALE", "CONFIGS", "build", "train_reference")
+)

@@ -35,6 +35,7 @@ from torch.distributions import (
 )
 
 from lib.checks import float_tensor, int_in, nonnegative_int, positive_int
+from lib.device import seeded
 
 # ----------------------------------------------------------------------------------------
 # Checking inputs
@@ -491,12 +492,8 @@ def importance_log_weights(
         )
     positive_int("K", K)
     positive_int("repeats", repeats)
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
+    with seeded(seed):
         z = q.sample((repeats, K))
-    finally:
-        torch.random.set_rng_state(state)
     return log_joint(z) - q.log_prob(z)
 
 

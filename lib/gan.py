@@ -20,20 +20,23 @@ generator that drops modes much easier to catch (eq-gan-pack). `train_gan` alter
 discriminator and generator steps; `mode_coverage` counts the modes of the ring / grid
 toy sets a set of samples covers, and the fraction of high-quality samples (within 3
 standard deviations of the nearest mode), as in the PacGAN and VEEGAN evaluations.
+The book's trained GANs are ``lib.zoo.load("gan/<name>")``; their recipes are
+lib/zoo/gan.py.
 """
 
 import math
 from collections import defaultdict
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from lib.checks import float_tensor, nonnegative_int, one_of, positive_int
-from lib.data import PIXELS, TOY2D_STD, digits, toy2d, toy2d_modes
-from lib.train import retrain_main, show_progress
+from lib.data import TOY2D_STD, toy2d_modes
+from lib.device import seeded
+from lib.train import show_progress
 from lib.nets import mlp
+from lib.zoo import moved
 
 GENERATOR_LOSSES = ("non-saturating", "saturating")
 
@@ -211,8 +214,7 @@ class GAN(torch.nn.Module):
             out,
             float(scale),
         )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             self.generator = mlp(
                 [latent_dim] + [hidden] * depth + [data_dim],
                 activation=torch.nn.ReLU if batch_norm else leaky_relu,
@@ -403,144 +405,7 @@ def mode_coverage(
 
 
 # ----------------------------------------------------------------------------------------
-# The ring and grid experiments: train (python -m lib.gan --retrain) or load
-
-TOY_SEEDS = (0, 1, 2)
-TOY_PACKS = (1, 2)  # 1: the plain GAN, 2: PacGAN2
-# the data's standard deviation per coordinate
-TOY_SCALE = {"ring": 1.0, "grid": 2.0 * math.sqrt(2.0)}
-_MLPS = dict(latent_dim=2, hidden=128, depth=3, d_hidden=128, d_depth=2)
-_GRID_TRAINING = dict(
-    steps=20_000, batch_size=256, lr=1e-3, d_lr=2e-3, d_steps=2, schedule="cosine"
-)
-# name -> data set, model and training, the same for GAN and PacGAN2
-TOY_EXPERIMENTS = {
-    "ring": dict(
-        data="ring",
-        model=_MLPS,
-        training=dict(steps=15_000, batch_size=256, lr=5e-4, schedule="cosine"),
-    ),
-    # a stronger discriminator than the ring's
-    "grid": dict(data="grid", model=_MLPS, training=_GRID_TRAINING),
-    "grid-bn": dict(
-        data="grid", model=_MLPS | dict(batch_norm=True), training=_GRID_TRAINING
-    ),
-}
-TOY_SNAPSHOTS = (0, 500, 1000, 2500, 5000)  # and the last step
-# loss histories are stored as means over blocks of 100 steps
-TOY_HISTORY_EVERY = 100
-CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
-
-
-def toy_gan(name: str, pack: int, seed: int) -> GAN:
-    """The GAN (pack = 1) or PacGAN2 (pack = 2) of the experiment ``name`` in
-    book/08-gan.md:
-    "ring", "grid" or "grid-bn" (the grid with a batch-normalised generator)."""
-    one_of("name", name, TOY_EXPERIMENTS)
-    experiment = TOY_EXPERIMENTS[name]
-    return GAN(
-        2,
-        **experiment["model"],
-        pack=pack,
-        scale=TOY_SCALE[experiment["data"]],
-        seed=seed,
-    )
-
-
-def _checkpoint(name: str) -> Path:
-    """lib/checkpoints/08-toy-<experiment>.pt or 08-digits.pt"""
-    return CHECKPOINT_DIR / (
-        f"08-toy-{name}.pt" if name in TOY_EXPERIMENTS else f"08-{name}.pt"
-    )
-
-
-def train_toy_gans(name: str, *, seeds=TOY_SEEDS, progress=None) -> dict:
-    """Train GAN and PacGAN2 in one toy experiment (a key of TOY_EXPERIMENTS) for every
-    seed.
-
-    Returns the state stored in ``lib/checkpoints/08-toy-<name>.pt``: for each run
-    ``"<pack>/<seed>"`` the generator's state_dict, the coverage measured right after
-    training, the loss history (means over blocks of 100 steps) and 500 samples at a few
-    steps of training.
-    """
-    one_of("name", name, TOY_EXPERIMENTS)
-    data, training = TOY_EXPERIMENTS[name]["data"], TOY_EXPERIMENTS[name]["training"]
-    x = toy2d(data, 100_000, seed=123)
-    state = {"generators": {}, "coverage": {}, "history": {}, "snapshots": {}}
-    for pack in TOY_PACKS:
-        for seed in seeds:
-            key = f"{pack}/{seed}"
-            model = toy_gan(name, pack, seed)
-            history = train_gan(
-                model,
-                x,
-                **training,
-                seed=seed,
-                progress=progress,
-                desc=f"{name} {key}",
-                snapshots=(*TOY_SNAPSHOTS, training["steps"]),
-            )
-            state["generators"][key] = model.generator.state_dict()
-            cover = mode_coverage(
-                model.sample(2500, generator=torch.Generator().manual_seed(seed)), data
-            )
-            state["coverage"][key] = torch.tensor([cover["modes"], cover["high_quality"]])
-            state["history"][key] = {
-                k: history[k].reshape(-1, TOY_HISTORY_EVERY).mean(1)
-                for k in ("d_loss", "g_loss", "d_real", "d_fake")
-            }
-            if "snapshots" in history:
-                state["snapshots"][key] = {
-                    str(step): v for step, v in history["snapshots"].items()
-                }
-    return state
-
-
-def load_toy_gans(names=tuple(TOY_EXPERIMENTS)) -> dict:
-    """Load the trained GANs of the toy experiments (see `train_toy_gans`).
-
-    Returns ``{"models": {(name, pack, seed): GAN in eval mode}, "runs": {(name, pack,
-    seed):
-    {"coverage": (modes, high-quality fraction) at training time, "history": {...} with a
-    "step" axis, "snapshots": {step: 500 samples on a fixed noise batch}}}}``.
-    """
-    models, runs = {}, {}
-    for name in names:
-        path = _checkpoint(name)
-        if not path.exists():
-            raise FileNotFoundError(
-                f"{path} is missing: run `python -m lib.gan --retrain`"
-            )
-        state = torch.load(path, weights_only=True)
-        for key, generator_state in state["generators"].items():
-            pack, seed = map(int, key.split("/"))
-            model = toy_gan(name, pack, seed)
-            model.generator.load_state_dict(generator_state)
-            models[(name, pack, seed)] = model.eval()
-            history = dict(state["history"][key])
-            history["step"] = (
-                torch.arange(len(history["d_loss"])) + 0.5
-            ) * TOY_HISTORY_EVERY
-            runs[(name, pack, seed)] = {
-                "coverage": tuple(state["coverage"][key].tolist()),
-                "history": history,
-                "snapshots": {
-                    int(step): v for step, v in state["snapshots"].get(key, {}).items()
-                },
-            }
-    return {"models": models, "runs": runs}
-
-
-# ----------------------------------------------------------------------------------------
-# The digits GANs: same recipe, 64 pixels
-
-DIGITS_MODEL = dict(latent_dim=16, hidden=256, depth=2, out="tanh")
-DIGITS_TRAINING = dict(steps=10_000, batch_size=64, lr=5e-4, schedule="cosine")
-
-
-def digits_gan(pack: int = 1, seed: int = 0) -> GAN:
-    """A GAN for the 8x8 digits, flattened to 64 values in [-1, 1] (`digits_to_unit`)."""
-    return GAN(PIXELS, **DIGITS_MODEL, pack=pack, seed=seed)
+# The digits scaled to [-1, 1], for a tanh generator
 
 
 def digits_to_unit(x: torch.Tensor) -> torch.Tensor:
@@ -554,65 +419,21 @@ def unit_to_digits(x: torch.Tensor) -> torch.Tensor:
     return ((x + 1) * 8).reshape(-1, 1, 8, 8)
 
 
-def train_digits_gans(*, progress=None) -> dict:
-    """Train a GAN and a PacGAN2 on the training digits; return their generators'
-    state_dicts and loss histories (means over blocks of 100 steps), as stored in
-    ``08-digits.pt``."""
-    x = digits_to_unit(digits("train")[0])
-    state = {"generators": {}, "history": {}}
-    for pack in TOY_PACKS:
-        model = digits_gan(pack)
-        history = train_gan(
-            model,
-            x,
-            **DIGITS_TRAINING,
-            seed=0,
-            progress=progress,
-            desc=f"digits pack {pack}",
-        )
-        state["generators"][str(pack)] = model.generator.state_dict()
-        state["history"][str(pack)] = {
-            k: history[k].reshape(-1, TOY_HISTORY_EVERY).mean(1)
-            for k in ("d_loss", "g_loss")
-        }
-    return state
+# ----------------------------------------------------------------------------------------
+# The book's trained models and their recipes: lib.zoo ("gan/<name>", lib/zoo/gan.py).
 
-
-def load_digits_gans() -> dict:
-    """``{pack: GAN in eval mode}`` for pack 1 (GAN) and 2 (PacGAN2), from
-    ``08-digits.pt``."""
-    path = _checkpoint("digits")
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: run `python -m lib.gan --retrain`")
-    state = torch.load(path, weights_only=True)
-    models = {}
-    for key, generator_state in state["generators"].items():
-        models[int(key)] = digits_gan(int(key))
-        models[int(key)].generator.load_state_dict(generator_state)
-        models[int(key)].eval()
-    return models
-
-
-def retrain(names=("digits", *TOY_EXPERIMENTS)) -> None:
-    """Train the digits GANs and the GANs of each named toy experiment; overwrite their
-    checkpoints."""
-    CHECKPOINT_DIR.mkdir(exist_ok=True)
-    for name in names:
-        if name == "digits":
-            torch.save(train_digits_gans(progress=True), _checkpoint("digits"))
-            continue
-        state = train_toy_gans(name, progress=True)
-        torch.save(state, _checkpoint(name))
-        for key, (modes, quality) in state["coverage"].items():
-            print(
-                f"{name} pack/seed {key}: {int(modes)} modes, {100 * quality:.1f}% "
-                f"high quality"
-            )
-
-
-if __name__ == "__main__":
-    retrain_main(
-        "Train the GANs of book/08-gan.md into lib/checkpoints/08-*.pt",
-        ["digits", *TOY_EXPERIMENTS],
-        retrain,
-    )
+__getattr__ = moved(
+    "gan",
+    (
+        "TOY_SEEDS",
+        "TOY_PACKS",
+        "TOY_SCALE",
+        "TOY_EXPERIMENTS",
+        "TOY_SNAPSHOTS",
+        "TOY_HISTORY_EVERY",
+        "toy_gan",
+        "DIGITS_MODEL",
+        "DIGITS_TRAINING",
+        "digits_gan",
+    ),
+)

@@ -9,6 +9,7 @@ import torch
 from torch.distributions import Distribution, Independent, Normal
 
 from lib.checks import float_tensor, positive_int
+from lib.device import seeded
 from lib.train import minimise
 
 
@@ -180,9 +181,7 @@ def fit_gaussian(
     _check_distribution("target", target)
     if direction not in ("forward", "reverse"):
         raise ValueError(f"direction must be 'forward' or 'reverse', got {direction!r}")
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
+    with seeded(seed):
         event_dims = len(target.event_shape)
         # start at a draw of the target
         loc = target.sample().detach().clone().requires_grad_(True)
@@ -208,8 +207,6 @@ def fit_gaussian(
             progress=progress,
             desc=f"{direction} KL fit",
         )
-    finally:
-        torch.random.set_rng_state(generator_state)
     return Independent(
         Normal(loc.detach(), log_scale.detach().exp()), event_dims
     ), history

@@ -29,15 +29,14 @@ resized to H x W by nearest-neighbour interpolation), e.g. for the prior of a VQ
 cannot change the result: the gated model's vertical stack runs once per row, and every
 pass is cropped to the pixel's receptive field. `dependency_matrix` and
 `receptive_field` read a network's causal structure off its input gradients.
-`pretrained` loads the book's digits models, trained by ``python -m lib.pixelcnn
---retrain``.
+The book's digits models are ``lib.zoo.load("pixelcnn/digits17")`` and
+``"pixelcnn/digits2"``; their recipe is lib/zoo/pixelcnn.py.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -45,11 +44,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lib.checks import float_tensor, one_of, positive_int
-from lib.data import bits_per_dim, digits
-from lib.device import seed_everything
-from lib.train import evaluating, fit_early_stopping, retrain_main, show_progress
-
-CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
+from lib.data import bits_per_dim
+from lib.train import evaluating, show_progress
+from lib.zoo import moved
 
 # ----------------------------------------------------------------------------------------
 # Causal masks
@@ -726,7 +723,7 @@ def receptive_field(
 
 
 # ----------------------------------------------------------------------------------------
-# Evaluation and the book's trained models
+# Evaluation
 
 
 @torch.no_grad()
@@ -740,132 +737,8 @@ def nll(model: _Autoregressive, x, cond=None, *, batch_size: int = 500) -> torch
     return total / len(x)
 
 
-CONFIGS = {
-    # name: GatedPixelCNN arguments and training settings (about 130,000 parameters;
-    # about 80 s each on one CPU thread). Wider models memorise the 1000 training digits
-    # sooner.
-    "digits17": dict(
-        levels=17,
-        channels=32,
-        layers=6,
-        kernel_size=3,
-        dropout=0.5,
-        steps=400,
-        lr=3e-3,
-        batch_size=100,
-        weight_decay=1e-4,
-    ),
-    "digits2": dict(
-        levels=2,
-        channels=32,
-        layers=6,
-        kernel_size=3,
-        dropout=0.5,
-        steps=400,
-        lr=3e-3,
-        batch_size=100,
-        weight_decay=1e-4,
-    ),
-}
-_MODEL_KEYS = ("levels", "channels", "layers", "kernel_size", "dropout")
+# ----------------------------------------------------------------------------------------
+# The book's trained models and their recipe: lib.zoo ("pixelcnn/<name>",
+# lib/zoo/pixelcnn.py).
 
-
-def train_digits(
-    name: str = "digits17",
-    *,
-    steps: int | None = None,
-    seed: int = 0,
-    eval_every: int = 25,
-    device=None,
-    progress=None,
-):
-    """Train a GatedPixelCNN on the digits (``digits17``: 17 grey levels, ``digits2``:
-    binarised).
-
-    AdamW with a cosine learning-rate decay, through `lib.train.fit_early_stopping`: the
-    validation NLL is measured every ``eval_every`` steps and the parameters with the
-    best one are kept. Returns ``(model, history)``; history has, per round of
-    ``eval_every`` steps, "step", "train" (mean training loss, nats/image) and "val"
-    (validation NLL).
-    """
-    one_of("name", name, CONFIGS)
-    config = CONFIGS[name]
-    seed_everything(seed)
-    binarize = config["levels"] == 2
-    x_train, _ = digits("train", binarize=binarize, device=device)
-    x_val, _ = digits("val", binarize=binarize, device=device)
-    model = GatedPixelCNN(**{k: config[k] for k in _MODEL_KEYS}).to(x_train.device)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"]
-    )
-    history = fit_early_stopping(
-        model,
-        (x_train,),
-        (x_val,),
-        nll,
-        steps=config["steps"] if steps is None else steps,
-        every=eval_every,
-        batch_size=config["batch_size"],
-        optimizer=optimizer,
-        schedule="cosine",
-        seed=seed,
-        progress=progress,
-        desc=name,
-    )
-    return model, history
-
-
-def save_checkpoint(
-    name: str, model: GatedPixelCNN, history: dict, path: Path | None = None
-) -> Path:
-    """Save ``{"model": state_dict, "history": ...}`` to lib/checkpoints/09-<name>.pt."""
-    path = path or CHECKPOINTS / f"09-{name}.pt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save(
-        {"model": weights, "history": {k: v.cpu() for k, v in history.items()}}, path
-    )
-    return path
-
-
-def pretrained(name: str = "digits17", *, device=None):
-    """The book's trained digits model and its training history: ``(model, history)``.
-
-    Loads lib/checkpoints/09-<name>.pt (a state_dict, ``weights_only=True``); regenerate
-    it with ``python -m lib.pixelcnn --retrain``.
-    """
-    one_of("name", name, CONFIGS)
-    path = CHECKPOINTS / f"09-{name}.pt"
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{path} is missing: run `python -m lib.pixelcnn --retrain`"
-        )
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    model = GatedPixelCNN(**{k: CONFIGS[name][k] for k in _MODEL_KEYS})
-    model.load_state_dict(saved["model"])
-    return model.to(device).eval(), saved["history"]
-
-
-def _retrain_and_report(names) -> None:
-    """Train the named digits models, save them, and print their test NLL."""
-
-    for name in names:
-        start = time.perf_counter()
-        model, history = train_digits(name)
-        path = save_checkpoint(name, model, history)
-        loaded, _ = pretrained(name)
-        x_test, _ = digits("test", binarize=name == "digits2")
-        test = nll(loaded, x_test).item()
-        print(
-            f"{name}: best val {history['val'].min():.2f}, test {test:.2f} nats/image "
-            f"({bits_per_dim(test, 64):.3f} bits/dim), "
-            f"{time.perf_counter() - start:.0f} s -> {path}"
-        )
-
-
-if __name__ == "__main__":
-    retrain_main(
-        "Train the book's digits PixelCNNs into lib/checkpoints/09-*.pt",
-        sorted(CONFIGS),
-        _retrain_and_report,
-    )
+__getattr__ = moved("pixelcnn", ("CONFIGS", "train_digits"))

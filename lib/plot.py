@@ -19,8 +19,21 @@ STYLE = {
 
 
 def use_style() -> None:
-    """Apply the course's matplotlib style (called once at the top of each chapter)."""
+    """Apply the course's matplotlib style (`page_setup` does, at the top of each
+    chapter)."""
     plt.rcParams.update(STYLE)
+
+
+def page_setup(seed: int = 0) -> list:
+    """What every page of the book starts with: the course's figure style, torch on one
+    thread (the models are small: more threads only add overhead, and the book builds on
+    a shared 2-core CPU), torch's global generator seeded with ``seed`` (the page's own
+    draws repeat build after build), and the empty list in which the page collects its
+    measured numbers for the table at its end (`results_table`)."""
+    use_style()
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    return []
 
 
 def image_grid(

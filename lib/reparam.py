@@ -37,11 +37,12 @@ a CUDA training step never waits for the host.
 """
 
 import math
-from contextlib import contextmanager
+from contextlib import nullcontext
 
 import torch
 
 from lib.checks import float_tensor, is_int, positive_int
+from lib.device import seeded
 
 # ----------------------------------------------------------------------------------------
 # Checking inputs
@@ -332,21 +333,6 @@ def gumbel_softmax(
 # Two estimators of grad_phi E_{q_phi}[f(z)]
 
 
-@contextmanager
-def _seeded(seed: int | None, device: torch.device):
-    if seed is None:
-        yield
-        return
-    devices = (
-        [device.index if device.index is not None else torch.cuda.current_device()]
-        if device.type == "cuda"
-        else []
-    )
-    with torch.random.fork_rng(devices=devices, device_type="cuda"):
-        torch.manual_seed(seed)
-        yield
-
-
 def _per_sample_leaves(params, n: int) -> list[torch.Tensor]:
     """One detached copy of every parameter per sample, shape (n, *param.shape),
     requiring grad.
@@ -413,7 +399,7 @@ def pathwise_grad(
     if not callable(rsample) or not callable(f):
         raise TypeError("f and rsample must be functions")
     leaves = _per_sample_leaves(params, n)
-    with _seeded(seed, leaves[0].device):
+    with nullcontext() if seed is None else seeded(seed):
         z = rsample(*leaves)
     if not isinstance(z, torch.Tensor) or z.dim() == 0 or len(z) != n:
         raise ValueError(
@@ -460,7 +446,7 @@ def score_function_grad(
         raise TypeError(
             f"dist must return a torch.distributions.Distribution, got {type(q).__name__}"
         )
-    with _seeded(seed, leaves[0].device):
+    with nullcontext() if seed is None else seeded(seed):
         z = q.sample()
     if z.dim() == 0 or len(z) != n:
         raise ValueError(

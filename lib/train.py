@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lib.checks import int_in, nonnegative_int, positive_int
+from lib.device import seeded
 
 
 PROGRESS_ENV = "DGM_PROGRESS"
@@ -140,6 +141,10 @@ def fit(
 
     data: one or more tensors with the same first dimension (e.g. ``x`` or ``x, y``), on
           the device the model lives on. Each epoch visits them in a fresh seeded order.
+    seed: seeds the order and the model's own draws (dropout, a VAE's sampled z), which
+          come from torch's global generators, seeded for the run and put back after it
+          (`lib.device.seeded`): the same seed gives the same run, whatever was drawn
+          before, and the caller's random state is left as it was.
     loss: ``loss(*batch) -> dict`` with a ``"loss"`` entry; defaults to ``model.loss``.
     autocast: compute the loss under bfloat16 autocast on the data's device (matrix
               products in bf16, reductions in float32; the backward pass follows). It
@@ -177,15 +182,16 @@ def fit(
             return loss(*(tensor[index] for tensor in data))
 
     model.train()
-    history = minimise(
-        objective,
-        model.parameters(),
-        steps=steps,
-        lr=lr,
-        optimizer=optimizer,
-        progress=progress,
-        desc=desc,
-    )
+    with seeded(seed):  # the model's own draws: dropout, a VAE's z
+        history = minimise(
+            objective,
+            model.parameters(),
+            steps=steps,
+            lr=lr,
+            optimizer=optimizer,
+            progress=progress,
+            desc=desc,
+        )
     model.eval()
     return history
 
@@ -277,30 +283,3 @@ def fit_early_stopping(
                 break
     best.restore()
     return {k: torch.tensor(v, dtype=torch.float32) for k, v in history.items()}
-
-
-def retrain_main(description: str, names, retrain, argv=None) -> None:
-    """The command line of every module with checkpoints: ``python -m lib.<module>
-    --retrain [name ...]`` calls ``retrain(chosen names)`` (default: all ``names``) on
-    one CPU thread."""
-    import argparse
-
-    names = list(names)
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument(
-        "--retrain",
-        action="store_true",
-        help="train and overwrite the checkpoints (required)",
-    )
-    parser.add_argument(
-        "names", nargs="*", help=f"what to train (default: all of {', '.join(names)})"
-    )
-    args = parser.parse_args(argv)
-    if not args.retrain:
-        parser.error("nothing to do: pass --retrain")
-    unknown = [name for name in args.names if name not in names]
-    if unknown:
-        parser.error(f"unknown names {unknown}: choose from {names}")
-    # small models: one thread is the fastest, and kind to a shared machine
-    torch.set_num_threads(1)
-    retrain(args.names or names)

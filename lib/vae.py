@@ -40,24 +40,23 @@ binarised images (x in {0, 1}), the categorical one the 17 grey levels (x in {0,
 kept as floats), the Gaussian one real values with a fixed standard deviation (the L2
 loss). Likelihoods are in nats per image; `lib.data.bits_per_dim` converts.
 
-The book's trained models (`REFERENCE_MODELS`) are loaded from
-lib/checkpoints/04-vae-*.pt by `reference_model`, or trained when missing; `python -m
-lib.vae --retrain` trains them again.
+The book's trained models are ``lib.zoo.load("vae/<name>")``; their recipe is
+lib/zoo/vae.py.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 from torch import nn
 from torch.distributions import Bernoulli, Categorical, Independent, Normal
 
 from lib.checks import float_tensor, gaussian_parameters, one_of, positive_int
-from lib.data import IMAGE_SHAPE, LEVELS, PIXELS, digits
+from lib.data import IMAGE_SHAPE, LEVELS, PIXELS
+from lib.device import drawing_from, seeded
 from lib.nets import mlp  # noqa: F401 (re-exported: pages and notebooks use lib.vae.mlp)
-from lib.train import fit_early_stopping, retrain_main
+from lib.zoo import moved
 
 LOG_2PI = math.log(2 * math.pi)
 LIKELIHOODS = ("bernoulli", "categorical", "gaussian")
@@ -399,8 +398,7 @@ class VAE(nn.Module):
         one_of("arch", arch, ARCHS)
         positive_int("hidden", hidden)
         self.beta = float(beta)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             if encoder is None:
                 scale = 1.0 / (levels - 1) if likelihood == "categorical" else 1.0
                 if arch == "mlp":
@@ -469,16 +467,28 @@ class VAE(nn.Module):
             positive_int("n", n), self.latent_dim, generator=generator, device=self.device
         )
 
-    def decode(self, z: torch.Tensor, *, mean: bool = True) -> torch.Tensor:
-        """Images for latents z: the decoder's mean E[x | z], or a sample x ~ p(x | z)."""
+    def decode(
+        self,
+        z: torch.Tensor,
+        *,
+        mean: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Images for latents z: the decoder's mean E[x | z], or a sample x ~ p(x | z)
+        (drawn with ``generator`` when given)."""
         with torch.no_grad():
-            return self.decoder.mean(z) if mean else self.decoder.sample(z)
+            if mean:
+                return self.decoder.mean(z)
+            with drawing_from(generator):
+                return self.decoder.sample(z)
 
     def sample(
         self, n: int, *, mean: bool = False, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """n new images: z ~ p(z), then x ~ p(x | z) (or E[x | z] with ``mean=True``)."""
-        return self.decode(self.prior_sample(n, generator=generator), mean=mean)
+        """n new images: z ~ p(z), then x ~ p(x | z) (or E[x | z] with ``mean=True``),
+        every draw from ``generator`` when given."""
+        z = self.prior_sample(n, generator=generator)
+        return self.decode(z, mean=mean, generator=generator)
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """E[x | z = mu(x)]: the decoder's mean at the encoder's mean."""
@@ -552,11 +562,19 @@ class CVAE(VAE):
         return {"loss": (rec + self.beta * kl).mean(), "rec": rec.mean(), "kl": kl.mean()}
 
     def decode(
-        self, z: torch.Tensor, y: torch.Tensor, *, mean: bool = True
+        self,
+        z: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        mean: bool = True,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         with torch.no_grad():
             c = self._one_hot(y)
-            return self.decoder.mean(z, c) if mean else self.decoder.sample(z, c)
+            if mean:
+                return self.decoder.mean(z, c)
+            with drawing_from(generator):
+                return self.decoder.sample(z, c)
 
     def sample(
         self,
@@ -574,7 +592,7 @@ class CVAE(VAE):
             else y.to(self.device)
         )
         z = self.prior_sample(n * len(y), generator=generator)
-        return self.decode(z, y.repeat_interleave(n), mean=mean)
+        return self.decode(z, y.repeat_interleave(n), mean=mean, generator=generator)
 
     def reconstruct(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -672,150 +690,8 @@ def validation_neg_elbo(
 
 
 # ----------------------------------------------------------------------------------------
-# The book's trained models (train-or-load). `python -m lib.vae --retrain` trains them
-# all again with the recipe below and rewrites the checkpoints; the weights are stored
-# in float16.
+# The book's trained models and their recipe: lib.zoo ("vae/<name>", lib/zoo/vae.py).
 
-CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
-CHECKPOINTS = {"main": "04-vae-main.pt", "demos": "04-vae-demos.pt"}
-
-RECIPE = dict(steps=8000, every=100, patience=20, lr=1e-3, batch_size=64, seed=0)
-
-REFERENCE_MODELS = {
-    # name: (checkpoint, class, data, constructor arguments)
-    "bernoulli": ("main", "VAE", "binary", dict(likelihood="bernoulli", latent_dim=16)),
-    "categorical": (
-        "main",
-        "VAE",
-        "levels",
-        dict(likelihood="categorical", latent_dim=16),
-    ),
-    "categorical-dense": (
-        "main",
-        "VAE",
-        "levels",
-        dict(likelihood="categorical", latent_dim=16, pixel_features=0),
-    ),
-    "latent-2": ("demos", "VAE", "binary", dict(likelihood="bernoulli", latent_dim=2)),
-    "latent-5": ("demos", "VAE", "binary", dict(likelihood="bernoulli", latent_dim=5)),
-    "latent-10": ("demos", "VAE", "binary", dict(likelihood="bernoulli", latent_dim=10)),
-    "latent-20": ("demos", "VAE", "binary", dict(likelihood="bernoulli", latent_dim=20)),
-    "autoencoder-2": (
-        "demos",
-        "Autoencoder",
-        "binary",
-        dict(likelihood="bernoulli", latent_dim=2),
-    ),
-    "cvae": ("demos", "CVAE", "binary", dict(likelihood="bernoulli", latent_dim=2)),
-    "gaussian-0.05": (
-        "demos",
-        "VAE",
-        "scaled",
-        dict(likelihood="gaussian", latent_dim=16, std=0.05),
-    ),
-    "gaussian-0.2": (
-        "demos",
-        "VAE",
-        "scaled",
-        dict(likelihood="gaussian", latent_dim=16, std=0.2),
-    ),
-    "gaussian-0.5": (
-        "demos",
-        "VAE",
-        "scaled",
-        dict(likelihood="gaussian", latent_dim=16, std=0.5),
-    ),
-}
-
-
-def reference_data(kind: str, split: str, device=None):
-    """The data a reference model sees: "binary" (pixels in {0, 1}), "levels" (0..16) or
-    "scaled" (levels / 16, for the Gaussian decoder). Returns ``(x, y)``."""
-
-    one_of("kind", kind, ("binary", "levels", "scaled"))
-    x, y = digits(split, binarize=kind == "binary", device=device)
-    return (x / 16 if kind == "scaled" else x), y
-
-
-def _build(name: str):
-    _, cls, _, kwargs = REFERENCE_MODELS[name]
-    return {"VAE": VAE, "Autoencoder": Autoencoder, "CVAE": CVAE}[cls](**kwargs)
-
-
-def train_reference(name: str, *, progress=None):
-    """Train one of the book's models from scratch with `RECIPE`; returns ``(model,
-    history)``."""
-    one_of("name", name, REFERENCE_MODELS)
-    _, cls, kind, _ = REFERENCE_MODELS[name]
-    model = _build(name)
-    x, y = reference_data(kind, "train")
-    x_val, y_val = reference_data(kind, "val")
-    train, val = ((x, y), (x_val, y_val)) if cls == "CVAE" else ((x,), (x_val,))
-    if cls == "Autoencoder":
-        # noqa: E731  (no ELBO: the reconstruction error)
-        score = lambda m, xv: m.loss(xv)["loss"]
-    else:
-        score = validation_neg_elbo
-    history = fit_early_stopping(model, train, val, score, **RECIPE)
-    return model, history
-
-
-def _stored(file: str) -> dict:
-    """The contents of one checkpoint file, read once per process (and again after
-    `retrain`)."""
-    path = CHECKPOINT_DIR / CHECKPOINTS[file]
-    key = (path, path.stat().st_mtime_ns) if path.exists() else None
-    if key not in _STORED:
-        _STORED[key] = torch.load(path, weights_only=True) if key else {}
-    return _STORED[key]
-
-
-_STORED: dict = {}
-
-
-def reference_model(name: str, *, train_if_missing: bool = True, device=None):
-    """One of the book's trained models, loaded from its committed checkpoint (float16
-    weights, loaded as float32), or trained with `train_reference` when the checkpoint
-    lacks it. Returns ``(model, history)``; the history has the training curve of the
-    committed run."""
-    one_of("name", name, REFERENCE_MODELS)
-    stored = _stored(REFERENCE_MODELS[name][0])
-    if name in stored:
-        model = _build(name)
-        model.load_state_dict({k: v.float() for k, v in stored[name]["state"].items()})
-        history = stored[name]["history"]
-    elif train_if_missing:
-        model, history = train_reference(name)
-    else:
-        path = CHECKPOINT_DIR / CHECKPOINTS[REFERENCE_MODELS[name][0]]
-        raise FileNotFoundError(
-            f"no checkpoint for {name!r} in {path}; run `python -m lib.vae --retrain`"
-        )
-    model.eval()
-    return (model if device is None else model.to(device)), history
-
-
-def retrain(names=None) -> None:
-    """Train the named reference models (default: all) and write them into their
-    checkpoints."""
-    names = list(REFERENCE_MODELS) if not names else names
-    CHECKPOINT_DIR.mkdir(exist_ok=True)
-    for file in sorted({REFERENCE_MODELS[n][0] for n in names}):
-        path = CHECKPOINT_DIR / CHECKPOINTS[file]
-        stored = torch.load(path, weights_only=True) if path.exists() else {}
-        for name in [n for n in names if REFERENCE_MODELS[n][0] == file]:
-            torch.manual_seed(0)
-            model, history = train_reference(name)
-            stored[name] = {
-                "state": {k: v.half() for k, v in model.state_dict().items()},
-                "history": history,
-            }
-        torch.save(stored, path)
-
-
-if __name__ == "__main__":
-    retrain_main(
-        "Train the book's VAEs again and rewrite lib/checkpoints/04-vae-*.pt",
-        REFERENCE_MODELS,
-        retrain,
-    )
+__getattr__ = moved(
+    "vae", ("RECIPE", "REFERENCE_MODELS", "reference_data", "train_reference")
+)

@@ -23,26 +23,23 @@ chooses (dead codes) can be restarted on encoder outputs.
 `code_perplexity` measures how many codes are in use, exp of the entropy of the code
 histogram. A `lib.pixelcnn.GatedPixelCNN` with K levels learns the prior over grids of
 code indices: sample a grid, decode it, and the VQ-VAE is a generative model ("the VAE
-as a tokenizer, the prior learned by an autoregressive model"). `pretrained` loads the
-book's models, trained by ``python -m lib.vq --retrain``.
+as a tokenizer, the prior learned by an autoregressive model"). The book's models are
+``lib.zoo.load("vq/<name>")`` and ``lib.zoo.load("vq/prior")``; their recipe is
+lib/zoo/vq.py.
 """
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from lib.checks import float_tensor, one_of, positive_int
-from lib.data import IMAGE_SHAPE, LEVELS, digits
-from lib.device import seed_everything
-from lib.pixelcnn import GatedPixelCNN, categorical_nll, nll
-from lib.train import evaluating, fit, fit_early_stopping, retrain_main
-
-CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
+from lib.data import IMAGE_SHAPE, LEVELS
+from lib.pixelcnn import categorical_nll
+from lib.train import evaluating
+from lib.zoo import moved
 
 # ----------------------------------------------------------------------------------------
 # Nearest-code search, the straight-through estimator, the loss terms
@@ -457,198 +454,9 @@ def evaluate(model: VQVAE, x: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 # ----------------------------------------------------------------------------------------
-# The book's trained models: train-or-load
+# The book's trained models and their recipe: lib.zoo ("vq/<name>", "vq/prior",
+# lib/zoo/vq.py).
 
-
-CONFIGS = {
-    # name: VQVAE arguments. All: 17 grey levels, K = 128 codes of dimension 8 on a 4x4
-    # grid.
-    "ema-restart": dict(n_codes=128, mode="ema", restart=True),
-    "ema": dict(n_codes=128, mode="ema", restart=False),
-    "loss-restart": dict(n_codes=128, mode="loss", restart=True),
-    "loss": dict(n_codes=128, mode="loss", restart=False),
-}
-RECIPE = dict(steps=1200, lr=1e-3, batch_size=100)
-PRIOR = dict(
-    channels=32,
-    layers=4,
-    kernel_size=3,
-    dropout=0.3,
-    steps=600,
-    lr=3e-3,
-    batch_size=100,
-    weight_decay=1e-4,
+__getattr__ = moved(
+    "vq", ("CONFIGS", "RECIPE", "PRIOR", "train_vqvae", "make_prior", "train_prior")
 )
-
-
-def train_vqvae(
-    name: str = "ema-restart",
-    *,
-    steps: int | None = None,
-    seed: int = 0,
-    device=None,
-    progress=None,
-):
-    """Train one of the book's VQ-VAEs on the training digits with `lib.train.fit` (Adam).
-
-    Returns ``(model, history)``: the per-step terms of `VQVAE.loss` ("rec", "perplexity",
-    "used", ...), as fit records them.
-    """
-
-    one_of("name", name, CONFIGS)
-    seed_everything(seed)
-    x, _ = digits("train", device=device)
-    model = VQVAE(**CONFIGS[name]).to(x.device)
-    history = fit(
-        model,
-        x,
-        steps=RECIPE["steps"] if steps is None else steps,
-        lr=RECIPE["lr"],
-        batch_size=RECIPE["batch_size"],
-        seed=seed,
-        progress=progress,
-        desc=f"vq-vae {name}",
-    )
-    return model, history
-
-
-def make_prior(n_codes: int):
-    """The unconditional `lib.pixelcnn.GatedPixelCNN` with K = ``n_codes`` levels used
-    as the prior."""
-
-    return GatedPixelCNN(
-        n_codes,
-        PRIOR["channels"],
-        PRIOR["layers"],
-        kernel_size=PRIOR["kernel_size"],
-        dropout=PRIOR["dropout"],
-    )
-
-
-def train_prior(
-    codes: torch.Tensor,
-    val_codes: torch.Tensor,
-    n_codes: int,
-    *,
-    steps: int | None = None,
-    seed: int = 0,
-    eval_every: int = 50,
-    progress=None,
-):
-    """Fit the PixelCNN prior to grids of code indices (n, 4, 4) by maximum likelihood
-    (eq-vq-prior).
-
-    AdamW with a cosine decay, through `lib.train.fit_early_stopping`: the weights with
-    the best validation NLL are kept. Returns ``(prior, history)``; history has, per
-    round of ``eval_every`` steps, "step", "train" and "val" (nats per grid).
-    """
-    seed_everything(seed)
-    prior = make_prior(n_codes).to(codes.device)
-    optimizer = torch.optim.AdamW(
-        prior.parameters(), lr=PRIOR["lr"], weight_decay=PRIOR["weight_decay"]
-    )
-    history = fit_early_stopping(
-        prior,
-        (codes,),
-        (val_codes,),
-        nll,
-        steps=PRIOR["steps"] if steps is None else steps,
-        every=eval_every,
-        batch_size=PRIOR["batch_size"],
-        optimizer=optimizer,
-        schedule="cosine",
-        seed=seed,
-        progress=progress,
-        desc="prior",
-    )
-    return prior, history
-
-
-def _path(name: str) -> Path:
-    return CHECKPOINTS / f"07-vq-{name}.pt"
-
-
-def _half(state: dict) -> dict:
-    return {
-        k: (v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu())
-        for k, v in state.items()
-    }
-
-
-def retrain(names=None, *, progress=None) -> None:
-    """Train the named VQ-VAEs (default: all of CONFIGS) and, with "ema-restart", its
-    PixelCNN prior; write lib/checkpoints/07-vq-<name>.pt (float16 weights, float32
-    histories)."""
-
-    names = list(CONFIGS) if not names else list(names)
-    CHECKPOINTS.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        model, history = train_vqvae(name, progress=progress)
-        stored = {
-            "model": _half(model.state_dict()),
-            "history": {k: v.float() for k, v in history.items()},
-        }
-        if name == "ema-restart":
-            codes = model.encode(digits("train")[0])
-            val_codes = model.encode(digits("val")[0])
-            prior, prior_history = train_prior(
-                codes, val_codes, model.n_codes, progress=progress
-            )
-            stored["prior"] = _half(prior.state_dict())
-            stored["prior_history"] = prior_history
-        torch.save(stored, _path(name))
-
-
-def pretrained(name: str = "ema-restart", *, device=None):
-    """The book's trained VQ-VAE ``name`` (one of CONFIGS), in eval mode, with its
-    training history: ``(model, history)``. Loads lib/checkpoints/07-vq-<name>.pt
-    (``weights_only=True``); regenerate with ``python -m lib.vq --retrain``."""
-    one_of("name", name, CONFIGS)
-    path = _path(name)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: run `python -m lib.vq --retrain`")
-    stored = torch.load(path, map_location="cpu", weights_only=True)
-    model = VQVAE(**CONFIGS[name])
-    model.load_state_dict(
-        {k: v.float() if v.is_floating_point() else v for k, v in stored["model"].items()}
-    )
-    return model.to(device).eval(), stored["history"]
-
-
-def pretrained_prior(*, device=None):
-    """The PixelCNN prior over the 4x4 code grids of the "ema-restart" VQ-VAE: ``(prior,
-    history)``."""
-    stored = torch.load(_path("ema-restart"), map_location="cpu", weights_only=True)
-    prior = make_prior(stored["prior"]["embedding.weight"].shape[0])
-    prior.load_state_dict({k: v.float() for k, v in stored["prior"].items()})
-    return prior.to(device).eval(), stored["prior_history"]
-
-
-def _retrain_and_report(names) -> None:
-    """Train the named VQ-VAEs (and, with "ema-restart", the prior), save them, print
-    test numbers."""
-
-    x_test, _ = digits("test")
-    for name in names:
-        start = time.perf_counter()
-        retrain([name])
-        model, _ = pretrained(name)
-        result = evaluate(model, x_test)
-        line = (
-            f"{name}: test rec {result['rec']:.2f} nats/image, mse "
-            f"{result['mse']:.3f}, perplexity "
-            f"{result['perplexity']:.1f}, used {result['used']:.2f}"
-        )
-        if name == "ema-restart":
-            prior, _ = pretrained_prior()
-            line += f", prior test NLL {nll(prior, result['codes']):.2f} nats/grid"
-        print(f"{line}; {time.perf_counter() - start:.0f} s -> {_path(name)}")
-
-
-if __name__ == "__main__":
-    retrain_main(
-        "Train the book's VQ-VAEs (and the PixelCNN prior) into "
-        "lib/checkpoints/07-vq-*.pt",
-        CONFIGS,
-        _retrain_and_report,
-    )

@@ -8,7 +8,6 @@ import torch
 from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
 
 from lib.collapse import (
-    VARIANTS,
     MaskedDecoder,
     active_units,
     collapse_loss,
@@ -19,11 +18,11 @@ from lib.collapse import (
     kl_per_dim,
     make_vae,
     mutual_information,
-    reference_model,
-    train_variant,
     unit_activity,
 )
 from lib.vae import neg_elbo
+from lib.zoo import load
+from lib.zoo.collapse import VARIANTS, train_variant
 
 F64 = torch.float64
 
@@ -237,6 +236,18 @@ def test_masked_decoder_sample_follows_the_chain_rule():
     assert abs(x[:, 0, 0, 0].mean().item() - p1) < 4 * math.sqrt(p1 * (1 - p1) / 4000)
 
 
+def test_an_autoregressive_decoder_has_no_mean_image_only_samples():
+    model = make_vae("autoregressive", latent_dim=2, hidden=8, decoder_hidden=16).eval()
+    z = torch.zeros(3, 2)
+    with pytest.raises(NotImplementedError, match="no closed-form mean image"):
+        model.decode(z)
+    with pytest.raises(NotImplementedError, match="no closed-form mean image"):
+        model.sample(3, mean=True)
+    drawn = [model.decode(z, mean=False, generator=torch.Generator().manual_seed(4))]
+    drawn.append(model.decode(z, mean=False, generator=torch.Generator().manual_seed(4)))
+    assert torch.equal(*drawn) and drawn[0].shape == (3, 1, 8, 8)
+
+
 # ----------------------------------------------------------------------------------------
 # Training
 
@@ -276,9 +287,9 @@ def test_train_variant_is_deterministic():
 
 def test_the_book_models_show_collapse_and_its_cure():
     x = __import__("lib.data", fromlist=["digits"]).digits("val", binarize=True)[0]
-    mu, logvar = reference_model("plain", train_if_missing=False)[0].encode(x)
+    mu, logvar = load("collapse/plain")[0].encode(x)
     assert active_units(mu.detach()) <= 1 and kl_per_dim(mu, logvar).sum() < 0.5
-    mu, logvar = reference_model("free-bits", train_if_missing=False)[0].encode(x)
+    mu, logvar = load("collapse/free-bits")[0].encode(x)
     assert active_units(mu.detach()) >= 3
     assert set(VARIANTS) >= {
         "factorised",
@@ -358,11 +369,11 @@ def test_diagnostics_and_decoder_on_cuda_match_cpu():
     assert torch.allclose(
         kl_per_dim(mu.to(cuda), logvar.to(cuda)).cpu(), kl_per_dim(mu, logvar), atol=1e-5
     )
-    model, _ = reference_model("plain", train_if_missing=False)
+    model, _ = load("collapse/plain")
     x = __import__("lib.data", fromlist=["digits"]).digits("test", binarize=True)[0][:100]
     zz = torch.randn(3, 100, model.latent_dim, generator=g)
     cpu = model.log_px_given_z(x, zz)
-    gpu_model = reference_model("plain", train_if_missing=False, device=cuda)[0]
+    gpu_model = load("collapse/plain", device=cuda)[0]
     assert torch.allclose(
         gpu_model.log_px_given_z(x.to(cuda), zz.to(cuda)).cpu(), cpu, atol=1e-3
     )

@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from lib.data import IMAGE_SHAPE, LEVELS, PIXELS, digits, toy2d, toy2d_modes
-from lib.device import default_device, seed_everything
+from lib.device import default_device, seeded
 from lib.plot import (
     curves,
     density_2d,
     image_grid,
     latent_manifold,
+    page_setup,
     results_table,
     scatter_2d,
 )
@@ -30,13 +31,29 @@ def test_default_device_honours_the_environment(monkeypatch):
     assert default_device().type in ("cpu", "cuda", "mps")
 
 
-def test_seed_everything_repeats_random_numbers():
-    seed_everything(3)
-    a = torch.randn(4)
-    seed_everything(3)
-    assert torch.equal(a, torch.randn(4))
+def test_seeded_repeats_draws_and_leaves_the_global_state_as_it_was():
+    torch.manual_seed(11)
+    before = torch.random.get_rng_state()
+    with seeded(3) as generator:
+        a, b = torch.randn(4), torch.randn(4, generator=generator)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    with seeded(3) as generator:
+        assert torch.equal(torch.randn(4), a)
+        assert torch.equal(torch.randn(4, generator=generator), b)
+    torch.manual_seed(3)  # the same numbers as seeding by hand
+    assert torch.equal(torch.randn(4), a)
     with pytest.raises(ValueError, match="seed must be a non-negative int"):
-        seed_everything(-1)
+        with seeded(-1):
+            pass
+
+
+@pytest.mark.gpu
+def test_seeded_leaves_every_cuda_generator_as_it_was():
+    states = torch.cuda.get_rng_state_all()
+    with seeded(3, "cuda") as generator:
+        assert generator.device.type == "cuda"
+        torch.randn(4, device="cuda")
+    assert all(map(torch.equal, torch.cuda.get_rng_state_all(), states))
 
 
 # ---------------------------------------------------------------------------- data
@@ -353,15 +370,14 @@ def test_evaluating_restores_the_mode_the_model_was_in_even_after_an_error():
     assert model.training
 
 
-def test_retrain_command_line():
-    from lib.train import retrain_main
-
-    calls = []
-    retrain_main("demo", ["a", "b"], calls.append, ["--retrain", "b"])
-    retrain_main("demo", ["a", "b"], calls.append, ["--retrain"])
-    assert calls == [["b"], ["a", "b"]]
-    # nothing asked for, an unknown name: an error, nothing trained
-    for argv in ([], ["--retrain", "c"]):
-        with pytest.raises(SystemExit):
-            retrain_main("demo", ["a", "b"], calls.append, argv)
-    assert len(calls) == 2
+def test_page_setup_seeds_one_thread_and_an_empty_results_list():
+    threads = torch.get_num_threads()
+    try:
+        results = page_setup(seed=7)
+        assert results == [] and torch.get_num_threads() == 1
+        drawn = torch.randn(3)
+        torch.manual_seed(7)
+        assert torch.equal(drawn, torch.randn(3))
+        assert plt.rcParams["axes.spines.top"] is False  # the course style
+    finally:
+        torch.set_num_threads(threads)

@@ -10,8 +10,6 @@ from torch.distributions import Normal, kl_divergence
 
 from lib.data import toy2d
 from lib.diffusion import (
-    CONFIGS,
-    TOY_SEEDS,
     Diffusion,
     alpha_bar_from_betas,
     ancestral_sample,
@@ -25,7 +23,6 @@ from lib.diffusion import (
     p_mean,
     posterior_variance,
     predict_x0,
-    pretrained,
     q_mean_var,
     q_posterior,
     q_sample,
@@ -37,6 +34,8 @@ from lib.diffusion import (
     unit_to_levels,
 )
 from lib.gan import mode_coverage
+from lib.zoo import load
+from lib.zoo.diffusion import CONFIGS, TOY_SEEDS
 
 F64 = torch.float64
 
@@ -425,7 +424,7 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="scale must be a positive number"):
         Diffusion((2,), scale=0)
     with pytest.raises(ValueError, match="name must be one of"):
-        pretrained("moons")
+        load("diffusion/moons")
 
 
 # ----------------------------------------------------------------------------------------
@@ -435,7 +434,7 @@ def test_bad_inputs():
 @pytest.mark.parametrize("name", ["ring", "grid"])
 def test_committed_toy_models_cover_the_modes(name):
     for seed in TOY_SEEDS:
-        model, history = pretrained(name, seed)
+        model, history = load(f"diffusion/{name}-seed{seed}")
         samples = model.sample(
             1000, steps=50, generator=torch.Generator().manual_seed(seed)
         )
@@ -448,7 +447,7 @@ def test_committed_toy_models_cover_the_modes(name):
 
 
 def test_committed_digits_model_has_a_finite_bound():
-    model, history = pretrained("digits")
+    model, history = load("diffusion/digits")
     from lib.data import digits
 
     x = digits("test")[0][:40]
@@ -486,5 +485,5 @@ def test_runs_unchanged_on_cuda():
         alpha_bar,
     )
     assert mean.device.type == "cuda"
-    ring, _ = pretrained("ring", 0, device=cuda)
+    ring, _ = load("diffusion/ring-seed0", device=cuda)
     assert mode_coverage(ring.sample(500, steps=50), "ring")["modes"] >= 7

@@ -12,21 +12,18 @@ from torch.distributions import Categorical, MixtureSameFamily, Normal
 from lib.data import TOY2D_STD, digits, toy2d, toy2d_modes
 from lib.gan import (
     GAN,
-    TOY_EXPERIMENTS,
-    TOY_SEEDS,
     digits_to_unit,
     discriminator_loss,
     gan_losses,
     generator_loss,
     js_divergence,
-    load_digits_gans,
-    load_toy_gans,
     mode_coverage,
     optimal_discriminator,
-    toy_gan,
     train_gan,
     unit_to_digits,
 )
+from lib.zoo import load
+from lib.zoo.gan import TOY_EXPERIMENTS, TOY_SEEDS, toy_gan, toy_name
 
 F64 = torch.float64
 BIG = torch.tensor([-1000.0, -100.0, -30.0, -1.5, 0.0, 2.0, 30.0, 100.0, 1000.0])
@@ -373,27 +370,26 @@ def test_more_discriminator_steps_and_rates():
 
 
 def test_committed_toy_gans_reproduce_their_stored_coverage():
-    toy = load_toy_gans()
     mean_modes, mean_quality = {}, {}
     for name, experiment in TOY_EXPERIMENTS.items():
         for pack in (1, 2):
             modes, quality = [], []
             for seed in TOY_SEEDS:
-                model = toy["models"][(name, pack, seed)]
+                model, history = load(toy_name(name, pack, seed))
                 assert not model.training and model.pack == pack
                 samples = model.sample(
                     2500, generator=torch.Generator().manual_seed(seed)
                 )
                 cover = mode_coverage(samples, experiment["data"])
-                run = toy["runs"][(name, pack, seed)]
                 # stored at training
-                assert run["coverage"] == (
+                assert tuple(history["coverage"].tolist()) == (
                     cover["modes"],
                     pytest.approx(cover["high_quality"]),
                 )
                 assert (
-                    sorted(run["snapshots"])[0] == 0
-                    and run["history"]["d_loss"].dim() == 1
+                    sorted(history["snapshots"])[0] == 0
+                    and history["d_loss"].dim() == 1
+                    and history["step"].shape == history["d_loss"].shape
                 )
                 modes.append(cover["modes"])
                 quality.append(cover["high_quality"])
@@ -413,7 +409,8 @@ def test_digits_scaling_round_trip_and_committed_digits_gans():
     unit = digits_to_unit(x)
     assert unit.shape == (350, 64) and unit.min() >= -1 and unit.max() <= 1
     assert torch.allclose(unit_to_digits(unit), x)
-    for pack, model in load_digits_gans().items():
+    for pack in (1, 2):
+        model, _ = load(f"gan/digits-pack{pack}")
         samples = model.sample(100, generator=torch.Generator().manual_seed(0))
         assert (
             model.pack == pack and samples.shape == (100, 64) and samples.abs().max() <= 1

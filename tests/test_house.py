@@ -20,12 +20,17 @@ COURSE_ONLY = (
 
 
 def test_every_lib_module_imports_without_the_course_tooling():
-    modules = sorted(p.stem for p in (ROOT / "lib").glob("*.py") if p.stem != "__init__")
+    # every module and package under lib/: lib.vae, ..., lib.zoo, lib.zoo.vae, ...
+    modules = sorted(
+        ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        for p in (ROOT / "lib").rglob("*.py")
+        if p.stem != "__main__"
+    )
     code = (
         "import sys\n"
         f"for name in {COURSE_ONLY!r}:\n    sys.modules[name] = None  # importing it "
         f"raises ImportError\n"
-        f"for module in {modules!r}:\n    __import__('lib.' + module)\n"
+        f"for module in {modules!r}:\n    __import__(module)\n"
         "print('ok')"
     )
     done = subprocess.run(
@@ -36,7 +41,10 @@ def test_every_lib_module_imports_without_the_course_tooling():
 
 def test_only_lib_is_installed_and_its_dependencies_are_the_science_stack():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert project["tool"]["setuptools"]["packages"] == ["lib"]
+    assert project["tool"]["setuptools"]["packages"]["find"]["include"] == [
+        "lib",
+        "lib.*",
+    ]
     assert not any(
         name.split("=")[0].strip().lower() in ("nbgrader", "nbclient", "jupyter-book")
         for name in project["project"]["dependencies"]

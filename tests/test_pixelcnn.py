@@ -18,10 +18,10 @@ from lib.pixelcnn import (
     causal_mask,
     dependency_matrix,
     nll,
-    pretrained,
     receptive_field,
     sample,
 )
+from lib.zoo import load
 
 F64 = torch.float64
 
@@ -293,7 +293,7 @@ def test_bad_input_is_named():
 def test_pretrained_digits_models_load_and_reach_their_goal(name, levels, goal):
     from lib.data import digits
 
-    model_, history = pretrained(name)
+    model_, history = load(f"pixelcnn/{name}")
     assert model_.levels == levels and not model_.training
     assert history["train"].dim() == 1 and len(history["train"]) == len(
         history["val"]
@@ -342,8 +342,8 @@ def test_pretrained_model_on_cuda_matches_cpu(monkeypatch):
 
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     x, _ = digits("test")
-    cpu_model, _ = pretrained("digits17")
-    gpu_model, _ = pretrained("digits17", device=torch.device("cuda"))
+    cpu_model, _ = load("pixelcnn/digits17")
+    gpu_model, _ = load("pixelcnn/digits17", device=torch.device("cuda"))
     assert nll(gpu_model, x.cuda()).item() == pytest.approx(
         nll(cpu_model, x).item(), rel=1e-4
     )

@@ -13,6 +13,7 @@ import torch
 from nbclient import NotebookClient
 
 from lib import collapse, gan, pixelcnn, train
+from lib.zoo import collapse as collapse_recipe
 from tests.course_helpers import ROOT
 
 # ' 40%|████  | 4/10 [00:01<..., 3.2it/s]'
@@ -46,10 +47,10 @@ def long_work(name):
         )
     elif name == "train_gan":
         gan.train_gan(gan.GAN(2, hidden=8), torch.randn(50, 2), steps=3, batch_size=10)
-    elif name == "collapse.train_variant":
-        collapse.train_variant(
+    elif name == "zoo.collapse.train_variant":
+        collapse_recipe.train_variant(
             "plain",
-            steps=collapse.RECIPE["every"],
+            steps=collapse_recipe.RECIPE["every"],
             x=torch.bernoulli(torch.rand(200, 1, 8, 8)),
             x_val=torch.bernoulli(torch.rand(50, 1, 8, 8)),
         )
@@ -70,7 +71,7 @@ LOOPS = [
     "fit",
     "fit_early_stopping",
     "train_gan",
-    "collapse.train_variant",
+    "zoo.collapse.train_variant",
     "collapse.fit_aggressive",
     "pixelcnn.sample",
 ]

@@ -13,10 +13,7 @@ from lib.elbo import ppca_elbo, ppca_log_marginal
 from lib.train import fit, fit_early_stopping
 from lib.vae import (
     log_normal_diag,
-    CHECKPOINT_DIR,
-    CHECKPOINTS,
     CVAE,
-    REFERENCE_MODELS,
     VAE,
     Autoencoder,
     GaussianDecoder,
@@ -24,11 +21,11 @@ from lib.vae import (
     gaussian_kl_to_standard,
     log_likelihood_is,
     neg_elbo,
-    reference_data,
-    reference_model,
     reparameterize,
     validation_neg_elbo,
 )
+from lib.zoo import load
+from lib.zoo.vae import reference_data
 
 F64 = torch.float64
 
@@ -306,17 +303,6 @@ def test_early_stopping_keeps_the_best_weights():
 # The committed models of the book
 
 
-def test_checkpoints_are_small_and_complete():
-    for file in CHECKPOINTS.values():
-        path = CHECKPOINT_DIR / file
-        assert path.stat().st_size < 2 * 2**20, f"{file} is larger than 2 MB"
-        torch.load(path, weights_only=True)
-    for name in REFERENCE_MODELS:
-        # strict load of every state_dict
-        model, history = reference_model(name, train_if_missing=False)
-        assert not model.training and set(history) == {"step", "train", "val"}
-
-
 def test_committed_models_reach_the_books_numbers():
     # the categorical VAE beats intro_dgm's test -ELBO of 96.8 nats (Tomczak 2022), and a
     # 20-sample importance-weighted bound sits above the ELBO
@@ -325,7 +311,7 @@ def test_committed_models_reach_the_books_numbers():
         ("categorical", "levels", 92.0),
         ("bernoulli", "binary", 19.5),
     ):
-        model, _ = reference_model(name, train_if_missing=False)
+        model, _ = load(f"vae/{name}")
         x = reference_data(kind, "test")[0]
         with torch.no_grad():
             elbo = neg_elbo(model, x, samples=2, generator=g).mean()
@@ -358,7 +344,7 @@ def test_bad_inputs_get_clear_errors():
     ):
         VAE(hidden=8).loss(torch.zeros(2, 64))
     with pytest.raises(ValueError, match="name must be one of"):
-        reference_model("mnist")
+        load("vae/mnist")
     with pytest.raises(ValueError, match="CVAE supports arch='mlp' only"):
         CVAE(arch="conv")
 
@@ -437,8 +423,8 @@ def test_cuda_reaches_the_books_numbers(name, kind, full_precision):
     and CPU."""
     cuda = torch.device("cuda")
     x = reference_data(kind, "test")[0]
-    cpu_model, _ = reference_model(name, train_if_missing=False)
-    gpu_model, _ = reference_model(name, train_if_missing=False, device=cuda)
+    cpu_model, _ = load(f"vae/{name}")
+    gpu_model, _ = load(f"vae/{name}", device=cuda)
     numbers = []
     for model, xs in ((cpu_model, x), (gpu_model, x.to(cuda))):
         with torch.no_grad():

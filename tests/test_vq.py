@@ -17,9 +17,10 @@ from lib.vq import (
     nearest_code,
     squared_distances,
     straight_through,
-    train_vqvae,
     vq_loss_terms,
 )
+from lib.zoo import load
+from lib.zoo.vq import train_vqvae
 
 F64 = torch.float64
 
@@ -240,15 +241,14 @@ def test_training_is_deterministic_with_a_seed():
 
 def test_pretrained_models_reconstruct_better_than_independent_pixels():
     from lib.data import digits
-    from lib.vq import pretrained, pretrained_prior
 
     x, _ = digits("test")
-    model, history = pretrained("ema-restart")
+    model, history = load("vq/ema-restart")
     result = evaluate(model, x)
     # restarts keep (nearly) every code in use
     assert result["rec"] < 80 and result["used"] > 0.9
     assert len(history["rec"]) > 100
-    prior, _ = pretrained_prior()
+    prior, _ = load("vq/prior")
     assert prior.levels == model.n_codes
     assert prior.sample(3, (4, 4), seed=0).shape == (3, 1, 4, 4)
 
