@@ -26,6 +26,7 @@ lib/zoo/gan.py.
 
 import math
 from collections import defaultdict
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -255,51 +256,74 @@ class GAN(torch.nn.Module):
 # Training: alternating discriminator and generator steps
 
 
+@dataclass(frozen=True)
+class Training:
+    """How `train_gan` trains (the configuration of a run, as nanoGPT's GPTConfig is of a
+    model).
+
+    steps:      generator steps; each follows ``d_steps`` discriminator steps
+    batch_size: (packed) discriminator examples of each class per step, i.e.
+                ``batch_size * model.pack`` rows of data and as many samples
+    lr, d_lr:   the Adam learning rates of the generator and the discriminator (``d_lr``
+                defaults to ``lr``), with Adam's ``betas``
+    kind:       the generator loss (eq-gan-g-losses), one of `GENERATOR_LOSSES`
+    schedule:   ``"constant"``, or ``"cosine"``, which decays both rates to zero over the
+                run
+    """
+
+    steps: int
+    batch_size: int = 100
+    lr: float = 1e-3
+    d_lr: float | None = None
+    d_steps: int = 1
+    betas: tuple[float, float] = (0.5, 0.999)
+    kind: str = "non-saturating"
+    schedule: str = "constant"
+
+    def __post_init__(self):
+        nonnegative_int("steps", self.steps)
+        positive_int("batch_size", self.batch_size)
+        positive_int("d_steps", self.d_steps)
+        one_of("kind", self.kind, GENERATOR_LOSSES)
+        one_of("schedule", self.schedule, ("constant", "cosine"))
+
+
 def train_gan(
     model: GAN,
     x: torch.Tensor,
+    training: Training,
     *,
-    steps: int,
-    batch_size: int = 100,
-    lr: float = 1e-3,
-    d_lr: float | None = None,
-    d_steps: int = 1,
-    betas: tuple[float, float] = (0.5, 0.999),
-    kind: str = "non-saturating",
-    schedule: str = "constant",
     seed: int = 0,
     snapshots=(),
     n_snapshot: int = 500,
     progress=None,
     desc: str | None = None,
 ) -> dict:
-    """Train ``model`` on the rows of ``x`` (shape (n, data_dim), on the model's device).
+    """Train ``model`` on the rows of ``x`` (shape (n, data_dim), on the model's device)
+    as ``training`` says.
 
     Each step alternates the two players: ``d_steps`` Adam steps on the discriminator loss
     (eq-gan-d-loss) with the generated batch detached, then one Adam step on the
-    generator loss ``kind`` (eq-gan-g-losses) through a fresh batch of samples. Every
-    batch holds ``batch_size * model.pack`` rows of each class, i.e. ``batch_size``
-    (packed) discriminator examples. Minibatch indices and noise are drawn on the
-    device: no host synchronisation.
+    generator loss ``kind`` (eq-gan-g-losses) through a fresh batch of samples. Minibatch
+    indices and noise are drawn on the device from one generator seeded with ``seed``
+    (no host synchronisation, and the global generators are left alone).
 
-    lr, d_lr: the Adam learning rates of the generator and the discriminator (``d_lr``
-              defaults to ``lr``); ``schedule="cosine"`` decays both to zero over the
-              run.
     snapshots: steps (0..steps) at which to record ``n_snapshot`` samples on a fixed
     noise batch. Returns the history, like `lib.train.minimise`: "d_loss" (the last
     discriminator step's), "g_loss", "d_real" and "d_fake" (mean D on the data and on
     the samples of that step), each a 1-D CPU tensor with one entry per step; plus
     "snapshots", a dict step -> (n_snapshot, data_dim) CPU tensor, when asked for.
     """
+    if not isinstance(training, Training):
+        raise TypeError(
+            f"training must be a lib.gan.Training, got {type(training).__name__}"
+        )
     float_tensor("x", x, dim=2, shape=f"(n, {model.data_dim})")
     if x.shape[1] != model.data_dim:
         raise ValueError(f"x must have shape (n, {model.data_dim}), got {tuple(x.shape)}")
-    nonnegative_int("steps", steps)
-    positive_int("batch_size", batch_size)
-    positive_int("d_steps", d_steps)
-    one_of("kind", kind, GENERATOR_LOSSES)
-    one_of("schedule", schedule, ("constant", "cosine"))
-    device, m = x.device, batch_size * model.pack
+    steps, kind, betas = training.steps, training.kind, training.betas
+    lr, d_lr = training.lr, training.d_lr
+    device, m = x.device, training.batch_size * model.pack
     g = torch.Generator(device=device).manual_seed(seed)
     z_fixed = torch.randn(n_snapshot, model.latent_dim, device=device, generator=g)
     opt_d = torch.optim.Adam(
@@ -316,7 +340,7 @@ def train_gan(
             torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
             for opt in (opt_d, opt_g)
         ]
-        if schedule == "cosine"
+        if training.schedule == "cosine"
         else []
     )
     records, shots = defaultdict(list), {}
@@ -337,7 +361,7 @@ def train_gan(
         range(steps), desc=desc, disable=not show_progress(progress), leave=False
     ):
         snapshot(step)
-        for _ in range(d_steps):  # the discriminator, with G fixed
+        for _ in range(training.d_steps):  # the discriminator, with G fixed
             real = x[torch.randint(len(x), (m,), device=device, generator=g)]
             real_logits, fake_logits = (
                 model.logits(real),

@@ -342,13 +342,15 @@ def test_checks_name_the_argument_and_the_expectation():
 
 
 def test_true_is_not_a_step_count():
-    from lib.gan import GAN, train_gan
+    from lib.gan import GAN, Training, train_gan
 
     x = torch.zeros(10, 2)
     model = torch.nn.Linear(2, 1)
     for train in (
         lambda: fit(model, x, steps=True, batch_size=5, loss=lambda b: {"loss": b.sum()}),
-        lambda: train_gan(GAN(data_dim=2, latent_dim=2, hidden=4), x, steps=True),
+        lambda: train_gan(
+            GAN(data_dim=2, latent_dim=2, hidden=4), x, Training(steps=True)
+        ),
     ):
         with pytest.raises(
             ValueError, match="steps must be a non-negative int, got True"

@@ -19,6 +19,7 @@ from lib.gan import (
     js_divergence,
     mode_coverage,
     optimal_discriminator,
+    Training,
     train_gan,
     unit_to_digits,
 )
@@ -282,7 +283,12 @@ def test_same_seed_same_model_and_history():
     for _ in range(2):
         model = GAN(2, hidden=16, pack=2, seed=3)
         history = train_gan(
-            model, x, steps=30, batch_size=20, seed=4, snapshots=(0, 30), n_snapshot=50
+            model,
+            x,
+            Training(steps=30, batch_size=20),
+            seed=4,
+            snapshots=(0, 30),
+            n_snapshot=50,
         )
         runs.append((model, history))
     (a, ha), (b, hb) = runs
@@ -307,7 +313,9 @@ def test_train_gan_moves_a_1d_generator_to_the_data():
         return (samples[:, 0].sort().values - x[:4000, 0].sort().values).abs().mean()
 
     start = wasserstein_1(model.sample(4000, generator=torch.Generator().manual_seed(1)))
-    train_gan(model, x, steps=500, batch_size=100, lr=2e-3, schedule="cosine", seed=0)
+    train_gan(
+        model, x, Training(steps=500, batch_size=100, lr=2e-3, schedule="cosine"), seed=0
+    )
     samples = model.sample(4000, generator=torch.Generator().manual_seed(1))
     assert samples.mean().item() == pytest.approx(2.0, abs=0.15)
     assert wasserstein_1(samples) < 0.2 * start
@@ -327,8 +335,7 @@ def test_batch_norm_generator_snapshots_and_samples_use_the_running_statistics()
     history = train_gan(
         model,
         toy2d("ring", 2000, seed=0),
-        steps=20,
-        batch_size=20,
+        Training(steps=20, batch_size=20),
         seed=0,
         snapshots=(20,),
         n_snapshot=50,
@@ -358,7 +365,7 @@ def test_more_discriminator_steps_and_rates():
     model = toy_gan("grid", pack=2, seed=0)
     before = [p.clone() for p in model.generator.parameters()]
     history = train_gan(
-        model, x, steps=5, batch_size=16, lr=0.0, d_lr=1e-3, d_steps=3, seed=0
+        model, x, Training(steps=5, batch_size=16, lr=0.0, d_lr=1e-3, d_steps=3), seed=0
     )
     # lr = 0: G fixed
     assert all(torch.equal(a, b) for a, b in zip(before, model.generator.parameters()))
@@ -366,7 +373,7 @@ def test_more_discriminator_steps_and_rates():
         history["d_loss"][-1] < history["d_loss"][0]
     )
     with pytest.raises(ValueError, match="d_steps must be a positive int"):
-        train_gan(model, x, steps=1, d_steps=0)
+        train_gan(model, x, Training(steps=1, d_steps=0))
 
 
 def test_committed_toy_gans_reproduce_their_stored_coverage():
@@ -421,9 +428,9 @@ def test_digits_scaling_round_trip_and_committed_digits_gans():
 def test_train_gan_bad_inputs():
     model = GAN(2, hidden=8)
     with pytest.raises(ValueError, match=r"x must have shape \(n, 2\)"):
-        train_gan(model, torch.zeros(10, 3), steps=1)
+        train_gan(model, torch.zeros(10, 3), Training(steps=1))
     with pytest.raises(ValueError, match="kind must be one of"):
-        train_gan(model, torch.zeros(10, 2), steps=1, kind="wasserstein")
+        train_gan(model, torch.zeros(10, 2), Training(steps=1, kind="wasserstein"))
     with pytest.raises(ValueError, match="pack must be a positive int"):
         GAN(2, pack=0)
 
@@ -464,8 +471,7 @@ def test_losses_model_and_training_on_cuda_match_cpu():
     history = train_gan(
         model_gpu,
         toy2d("ring", 1000, seed=0, device=cuda),
-        steps=20,
-        batch_size=50,
+        Training(steps=20, batch_size=50),
         seed=0,
         snapshots=(0, 20),
         n_snapshot=100,

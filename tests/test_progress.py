@@ -46,7 +46,9 @@ def long_work(name):
             batch_size=10,
         )
     elif name == "train_gan":
-        gan.train_gan(gan.GAN(2, hidden=8), torch.randn(50, 2), steps=3, batch_size=10)
+        gan.train_gan(
+            gan.GAN(2, hidden=8), torch.randn(50, 2), gan.Training(steps=3, batch_size=10)
+        )
     elif name == "zoo.collapse.train_variant":
         collapse_recipe.train_variant(
             "plain",

@@ -108,7 +108,7 @@ CALLS = {
 
 def train_gan():
     model = small_gan()
-    gan.train_gan(model, POINTS, steps=2, batch_size=16, seed=3)
+    gan.train_gan(model, POINTS, gan.Training(steps=2, batch_size=16), seed=3)
     return model  # the history also holds timings
 
 

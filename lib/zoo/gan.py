@@ -23,7 +23,7 @@ import torch
 
 from lib.checks import one_of
 from lib.data import PIXELS, digits, toy2d
-from lib.gan import GAN, digits_to_unit, mode_coverage, train_gan
+from lib.gan import GAN, Training, digits_to_unit, mode_coverage, train_gan
 from lib.zoo import Model
 
 TOY_SEEDS = (0, 1, 2)
@@ -31,7 +31,7 @@ TOY_PACKS = (1, 2)  # 1: the plain GAN, 2: PacGAN2
 # the data's standard deviation per coordinate
 TOY_SCALE = {"ring": 1.0, "grid": 2.0 * math.sqrt(2.0)}
 _MLPS = dict(latent_dim=2, hidden=128, depth=3, d_hidden=128, d_depth=2)
-_GRID_TRAINING = dict(
+_GRID_TRAINING = Training(
     steps=20_000, batch_size=256, lr=1e-3, d_lr=2e-3, d_steps=2, schedule="cosine"
 )
 # name -> data set, model and training, the same for GAN and PacGAN2
@@ -39,7 +39,7 @@ TOY_EXPERIMENTS = {
     "ring": dict(
         data="ring",
         model=_MLPS,
-        training=dict(steps=15_000, batch_size=256, lr=5e-4, schedule="cosine"),
+        training=Training(steps=15_000, batch_size=256, lr=5e-4, schedule="cosine"),
     ),
     # a stronger discriminator than the ring's
     "grid": dict(data="grid", model=_MLPS, training=_GRID_TRAINING),
@@ -87,11 +87,11 @@ def train_toy_gan(name: str, pack: int, seed: int, *, progress=None):
     history = train_gan(
         model,
         x,
-        **training,
+        training,
         seed=seed,
         progress=progress,
         desc=f"{name} {pack}/{seed}",
-        snapshots=(*TOY_SNAPSHOTS, training["steps"]),
+        snapshots=(*TOY_SNAPSHOTS, training.steps),
     )
     cover = mode_coverage(
         model.sample(2500, generator=torch.Generator().manual_seed(seed)), data
@@ -104,7 +104,7 @@ def train_toy_gan(name: str, pack: int, seed: int, *, progress=None):
 
 
 DIGITS_MODEL = dict(latent_dim=16, hidden=256, depth=2, out="tanh")
-DIGITS_TRAINING = dict(steps=10_000, batch_size=64, lr=5e-4, schedule="cosine")
+DIGITS_TRAINING = Training(steps=10_000, batch_size=64, lr=5e-4, schedule="cosine")
 
 
 def digits_gan(pack: int = 1, seed: int = 0) -> GAN:
@@ -118,7 +118,7 @@ def train_digits_gan(pack: int, *, progress=None):
     x = digits_to_unit(digits("train")[0])
     model = digits_gan(pack)
     history = train_gan(
-        model, x, **DIGITS_TRAINING, seed=0, progress=progress, desc=f"digits {pack}"
+        model, x, DIGITS_TRAINING, seed=0, progress=progress, desc=f"digits {pack}"
     )
     return model, _block_means(history, ("d_loss", "g_loss"))
 
