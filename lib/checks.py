@@ -29,6 +29,16 @@ def float_tensor(
     return value
 
 
+def same_shape(name: str, value: torch.Tensor, like_name: str, like: torch.Tensor):
+    """Return `value` if it has the shape of `like` (the argument called `like_name`)."""
+    if value.shape != like.shape:
+        raise ValueError(
+            f"{name} must have {like_name}'s shape {tuple(like.shape)}, got "
+            f"{tuple(value.shape)}"
+        )
+    return value
+
+
 def is_int(value) -> bool:
     """Whether `value` is an int and not a bool (``True`` is not a step count)."""
     return isinstance(value, int) and not isinstance(value, bool)
@@ -71,9 +81,4 @@ def gaussian_parameters(
     given)."""
     float_tensor("mu", mu, dim=dim, shape=shape)
     if logvar is not None:
-        float_tensor("logvar", logvar)
-        if logvar.shape != mu.shape:
-            raise ValueError(
-                f"mu and logvar must have the same shape, got {tuple(mu.shape)} and "
-                f"{tuple(logvar.shape)}"
-            )
+        same_shape("logvar", float_tensor("logvar", logvar), "mu", mu)

@@ -45,6 +45,7 @@ from lib.checks import (
     nonnegative_int,
     one_of,
     positive_int,
+    same_shape,
 )
 from lib.data import IMAGE_SHAPE, PIXELS
 from lib.device import seeded
@@ -121,10 +122,8 @@ def mutual_information(
     n, L = mu.shape
     if z is None:
         z = reparameterize(mu, logvar, generator=generator)
-    elif z.shape != mu.shape:
-        raise ValueError(
-            f"z must have the shape of mu {tuple(mu.shape)}, got {tuple(z.shape)}"
-        )
+    else:
+        same_shape("z", z, "mu", mu)
     neg_entropy = (-0.5 * L * (1 + LOG_2PI) - 0.5 * logvar.sum(-1)).mean()
     # log q(z_i | x_j) for every pair: (n, n)
     log_q = log_normal_diag(z[:, None], mu[None], logvar[None])

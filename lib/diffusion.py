@@ -42,7 +42,7 @@ import time
 import torch
 from torch import nn
 
-from lib.checks import float_tensor, one_of, positive_int
+from lib.checks import float_tensor, one_of, positive_int, same_shape
 from lib.device import seeded
 from lib.train import BestWeights, evaluating, minimise
 from lib.zoo import moved
@@ -180,10 +180,8 @@ def q_sample(
         noise = torch.randn(
             x0.shape, device=x0.device, dtype=x0.dtype, generator=generator
         )
-    elif noise.shape != x0.shape:
-        raise ValueError(
-            f"noise must have x0's shape {tuple(x0.shape)}, got {tuple(noise.shape)}"
-        )
+    else:
+        same_shape("noise", noise, "x0", x0)
     return mean + var.sqrt() * noise
 
 
@@ -221,11 +219,7 @@ def q_posterior(x0: torch.Tensor, xt: torch.Tensor, t, alpha_bar: torch.Tensor):
     shape.
     """
     float_tensor("x0", x0)
-    float_tensor("xt", xt)
-    if xt.shape != x0.shape:
-        raise ValueError(
-            f"xt must have x0's shape {tuple(x0.shape)}, got {tuple(xt.shape)}"
-        )
+    same_shape("xt", float_tensor("xt", xt), "x0", x0)
     _schedule("alpha_bar", alpha_bar)
     t = _per_example("t", t, x0, len(alpha_bar) - 1)
     if (t < 1).any():
@@ -285,10 +279,7 @@ def p_mean(
     i.e. the posterior mean mu~_t with x_0 replaced by its estimate
     (x_t - sqrt(1 - abar_t) eps_theta) / sqrt(abar_t) (`predict_x0`)."""
     float_tensor("xt", xt)
-    if eps.shape != xt.shape:
-        raise ValueError(
-            f"eps must have xt's shape {tuple(xt.shape)}, got {tuple(eps.shape)}"
-        )
+    same_shape("eps", eps, "xt", xt)
     t = _per_example("t", t, xt, len(alpha_bar) - 1)
     beta = _broadcast(betas_from_alpha_bar(alpha_bar), t, xt)
     a_t = _broadcast(alpha_bar, t, xt)
@@ -376,10 +367,7 @@ def discretised_gaussian_log_prob(
     and last bins stretched to -inf and +inf so that the L probabilities sum to one."""
     positive_int("levels", levels)
     float_tensor("x", x)
-    if mean.shape != x.shape:
-        raise ValueError(
-            f"mean must have x's shape {tuple(x.shape)}, got {tuple(mean.shape)}"
-        )
+    same_shape("mean", mean, "x", x)
     delta = 1 / (levels - 1)
     upper = torch.where(
         x > 1 - delta, torch.full_like(x, math.inf), (x + delta - mean) / std

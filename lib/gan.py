@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from lib.checks import float_tensor, nonnegative_int, one_of, positive_int
+from lib.checks import float_tensor, nonnegative_int, one_of, positive_int, same_shape
 from lib.data import TOY2D_STD, toy2d_modes
 from lib.device import seeded
 from lib.train import show_progress
@@ -137,11 +137,7 @@ def js_divergence(log_p: torch.Tensor, log_q: torch.Tensor, dx: float) -> torch.
     (eq-gan-value-at-optimum)."""
     float_tensor("log_p", log_p, dim=1, shape="(n,) on a regular grid")
     float_tensor("log_q", log_q, dim=1, shape="(n,) on a regular grid")
-    if log_p.shape != log_q.shape:
-        raise ValueError(
-            f"log_p and log_q must be on the same grid, got shapes "
-            f"{tuple(log_p.shape)} and {tuple(log_q.shape)}"
-        )
+    same_shape("log_q", log_q, "log_p", log_p)  # the same grid
     log_m = torch.logaddexp(log_p, log_q) - math.log(2)
 
     # a (log a - log m), with 0 log 0 = 0 where a = 0

@@ -625,7 +625,7 @@ def serve(request: str | None = None) -> None:
         elif callable(namespace[name]):
             _reply({"callable": True})
         else:
-            _lookup_value(namespace[name])
+            _reply_value(namespace[name])
         return
     fn, args, kwargs, blocked, seed = rest
     if seed is not None:
@@ -636,13 +636,11 @@ def serve(request: str | None = None) -> None:
     except BaseException as err:  # KeyboardInterrupt too: the cell's time limit
         _reply({"raised": [type(err).__name__, _message(err)]})
         return
-    try:
-        _reply({"value": encode(result)})
-    except Unsendable as err:
-        _reply({"unsendable": str(err)})
+    _reply_value(result)
 
 
-def _lookup_value(value) -> None:
+def _reply_value(value) -> None:
+    """Reply ``{"value": ...}``, or ``{"unsendable": why}`` when it cannot be sent."""
     try:
         _reply({"value": encode(value)})
     except Unsendable as err:

@@ -8,7 +8,7 @@ and returns KL(p || q) = E_p[log p(x) - log q(x)]   (eq-kl-def in book/01-kl.md)
 import torch
 from torch.distributions import Distribution, Independent, Normal
 
-from lib.checks import float_tensor, positive_int
+from lib.checks import float_tensor, positive_int, same_shape
 from lib.device import seeded
 from lib.train import minimise
 
@@ -44,10 +44,7 @@ def kl_categorical(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     Returns a tensor with the batch shape of p and q (the last dimension summed out).
     """
     p, q = float_tensor("p", p), float_tensor("q", q)
-    if p.shape != q.shape:
-        raise ValueError(
-            f"p and q must have the same shape, got {tuple(p.shape)} and {tuple(q.shape)}"
-        )
+    same_shape("q", q, "p", p)
     if p.dim() == 0:
         raise ValueError("p and q must have at least one dimension (the outcomes)")
     _check_probabilities("p", p)

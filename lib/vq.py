@@ -35,7 +35,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from lib.checks import float_tensor, one_of, positive_int
+from lib.checks import float_tensor, one_of, positive_int, same_shape
 from lib.data import IMAGE_SHAPE, LEVELS
 from lib.pixelcnn import categorical_nll
 from lib.train import evaluating
@@ -91,11 +91,7 @@ def vq_loss_terms(
     stop-gradients decide which side each one trains. The loss weights commitment by beta.
     """
     float_tensor("z_e", z_e, dim=4, shape="(n, D, h, w)")
-    float_tensor("z_q", z_q, dim=4, shape="(n, D, h, w)")
-    if z_e.shape != z_q.shape:
-        raise ValueError(
-            f"z_q must have the shape of z_e {tuple(z_e.shape)}, got {tuple(z_q.shape)}"
-        )
+    same_shape("z_q", float_tensor("z_q", z_q), "z_e", z_e)
     codebook = (z_e.detach() - z_q).pow(2).flatten(1).sum(1)
     commitment = (z_e - z_q.detach()).pow(2).flatten(1).sum(1)
     return codebook, commitment

@@ -331,7 +331,7 @@ def test_bad_inputs_raise_clear_errors():
         active_units(torch.zeros(4, 2), threshold=-1.0)
     with pytest.raises(TypeError, match="logvar must be a floating-point"):
         mutual_information(torch.zeros(4, 2), torch.zeros(4, 2, dtype=torch.long))
-    with pytest.raises(ValueError, match="z must have the shape of mu"):
+    with pytest.raises(ValueError, match="z must have mu's shape"):
         mutual_information(torch.zeros(4, 2), torch.zeros(4, 2), torch.zeros(3, 2))
     with pytest.raises(ValueError, match="floor"):
         free_bits_kl(torch.zeros(4, 2), -0.1)

@@ -70,7 +70,7 @@ def test_categorical_conventions():
             torch.tensor([0.5, 0.5]),
             torch.tensor([0.2, 0.3, 0.5]),
             ValueError,
-            "same shape",
+            "q must have p.s shape",
         ),
         (
             [0.5, 0.5],
