@@ -70,3 +70,28 @@ def test_no_solutions_or_hidden_tests_in_the_html():
             assert "BEGIN HIDDEN TESTS" not in text and "BEGIN SOLUTION" not in text, path
             leaked = [line for line in secrets if line in text]
             assert not leaked, f"{path.relative_to(ROOT)} leaks: {leaked[:3]}"
+
+
+def test_pages_executed_before_the_build_are_found_by_it(tmp_path):
+    """`course.book.execute_pages` caches each page as myst-nb's jupyter-cache reader
+    reads it; the build looks pages up as read with the book's MyST settings. The two keys
+    must agree, or every page is executed twice."""
+    import yaml
+    from jupyter_cache import get_cache
+    from myst_nb.core.read import myst_nb_reader_plugin, read_myst_markdown_notebook
+    from myst_parser.config.main import MdParserConfig
+
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    myst = MdParserConfig(
+        enable_extensions=set(config["parse"]["myst_enable_extensions"])
+    )
+    cache = get_cache(str(tmp_path))
+    pages = sorted((ROOT / "book").glob("[0-9][0-9]-*.md")) + [ROOT / "book/results.md"]
+    for page in pages:
+        ours = myst_nb_reader_plugin(str(page))
+        build = read_myst_markdown_notebook(page.read_text(), myst, path=page)
+        assert any(c.cell_type == "code" for c in ours.cells), page
+        assert (
+            cache.create_hashed_notebook(ours)[1]
+            == cache.create_hashed_notebook(build)[1]
+        ), page
