@@ -224,6 +224,26 @@ def whoami(shard: tuple[int, int] | None = None) -> str:
     return where + (f", shard {shard[0]}/{shard[1]}" if shard else "")
 
 
+def _flock(path: Path, me: str, *, shared: bool = False):
+    """Lock ``path`` with flock(2), without waiting, and write ``me`` into it: ``(the open
+    file, None)`` when this process now holds the lock (until it closes the file or
+    ends), else ``(None, what the file says of its holder)``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip()
+        handle.close()
+        return None, holder
+    handle.seek(0)
+    handle.truncate()
+    handle.write(me)
+    handle.flush()
+    return handle, None
+
+
 class FileLocks:
     """``.autograde/locks/<student>/<assignment>.lock``, held with flock(2): the kernel
     drops it when the process that holds it ends, however it ends. For graders on one
@@ -236,19 +256,9 @@ class FileLocks:
     def acquire(self, student: str, assignment: str) -> str | None:
         """None when this grader now holds the lock, else who holds it."""
         path = self.root / STATE / "locks" / student / f"{assignment}.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(path, "a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another grader"
-            handle.close()
-            return holder
-        handle.seek(0)
-        handle.truncate()
-        handle.write(self.me)
-        handle.flush()
+        handle, holder = _flock(path, self.me)
+        if handle is None:
+            return holder or "another grader"
         self.held[student, assignment] = handle
         return None
 
@@ -591,23 +601,12 @@ def _lock(root: Path, *, shared: bool = False):
     whole run, shared by the shards of one (which then lock each submission). Only with
     a gradebook that is not on PostgreSQL: there the submissions' advisory locks are
     enough, on any machine."""
-    path = root / STATE / "lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "a+")
-    try:
-        fcntl.flock(handle, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
+    handle, holder = _flock(root / STATE / "lock", f"pid {os.getpid()}", shared=shared)
+    if handle is None:
         raise Busy(
-            f"another autograde is running in this course ({holder}); wait for it to "
-            f"finish, then run again"
+            f"another autograde is running in this course ({holder or 'another process'}"
+            "); wait for it to finish, then run again"
         )
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"pid {os.getpid()}")
-    handle.flush()
     return handle
 
 

@@ -8,12 +8,18 @@ import torch
 
 
 def float_tensor(
-    name: str, value, *, dim: int | None = None, shape: str | None = None
+    name: str,
+    value,
+    *,
+    dim: int | None = None,
+    shape: str | None = None,
+    nonempty: bool = False,
 ) -> torch.Tensor:
     """Return `value` if it is a floating-point torch.Tensor (with `dim` dimensions, if
-    given).
+    given; with at least one row, if `nonempty`).
 
-    `shape` is how the error message describes the expected shape, e.g. "(n, d)".
+    `shape` is how the error message describes the expected shape, e.g. "(n, d) with
+    n >= 1".
     """
     if not isinstance(value, torch.Tensor):
         raise TypeError(
@@ -23,9 +29,15 @@ def float_tensor(
         raise TypeError(
             f"{name} must be a floating-point torch.Tensor, got dtype {value.dtype}"
         )
-    if dim is not None and value.dim() != dim:
-        expected = shape or f"{dim} dimensions"
-        raise ValueError(f"{name} must have shape {expected}, got {tuple(value.shape)}")
+    wrong_dim = dim is not None and value.dim() != dim
+    empty = nonempty and (value.dim() == 0 or len(value) == 0)
+    if wrong_dim or empty:
+        expected = (
+            f"shape {shape}"
+            if shape
+            else (f"{dim} dimensions" if wrong_dim else "at least one row")
+        )
+        raise ValueError(f"{name} must have {expected}, got {tuple(value.shape)}")
     return value
 
 

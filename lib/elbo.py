@@ -42,13 +42,8 @@ from lib.device import seeded
 
 
 def _check_x(x) -> torch.Tensor:
-    float_tensor("x", x)
-    if x.dim() != 2 or len(x) == 0:
-        raise ValueError(
-            f"x must have shape (n, d) with n >= 1 (use x[:, None] for 1-D data), got "
-            f"{tuple(x.shape)}"
-        )
-    return x
+    shape = "(n, d) with n >= 1 (use x[:, None] for 1-D data)"
+    return float_tensor("x", x, dim=2, shape=shape, nonempty=True)
 
 
 def _check_gmm(x, weights, means, covs) -> tuple[int, int]:

@@ -46,13 +46,8 @@ GENERATOR_LOSSES = ("non-saturating", "saturating")
 
 
 def _logits(name: str, value) -> torch.Tensor:
-    float_tensor(name, value)
-    if value.dim() != 1 or len(value) == 0:
-        raise ValueError(
-            f"{name} must have shape (n,) with n >= 1 (one logit per example), got "
-            f"{tuple(value.shape)}"
-        )
-    return value
+    shape = "(n,) with n >= 1 (one logit per example)"
+    return float_tensor(name, value, dim=1, shape=shape, nonempty=True)
 
 
 def discriminator_loss(
@@ -407,8 +402,8 @@ def mode_coverage(
     "high_quality": fraction in [0, 1], "counts": high-quality samples per mode (tensor
     of shape (n_modes,))}``.
     """
-    float_tensor("samples", samples, dim=2, shape="(n, 2)")
-    if samples.shape[1] != 2 or len(samples) == 0:
+    float_tensor("samples", samples, dim=2, shape="(n, 2) with n >= 1", nonempty=True)
+    if samples.shape[1] != 2:
         raise ValueError(
             f"samples must have shape (n, 2) with n >= 1, got {tuple(samples.shape)}"
         )

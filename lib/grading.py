@@ -670,6 +670,15 @@ _WATCHED = (
 _baseline: dict = {}
 
 
+def _lib_functions():
+    """(dotted name, function) for every function defined in an imported lib module."""
+    for name, module in list(sys.modules.items()):
+        if name == "lib" or name.startswith("lib."):
+            for attr, v in list(vars(module).items()):
+                if isinstance(v, types.FunctionType) and v.__module__ == name:
+                    yield f"{name}.{attr}", v
+
+
 def _state() -> dict:
     """What a submission should not change: lib's functions, torch's comparisons,
     builtins and IPython's execution hooks, by identity."""
@@ -679,11 +688,8 @@ def _state() -> dict:
             state[dotted] = id(_resolve(dotted)[2])
         except Exception:
             state[dotted] = None
-    for name, module in list(sys.modules.items()):
-        if name == "lib" or name.startswith("lib."):
-            for attr, v in list(vars(module).items()):
-                if isinstance(v, types.FunctionType) and v.__module__ == name:
-                    state[f"{name}.{attr}"] = (id(v), id(v.__code__))
+    for dotted, v in _lib_functions():
+        state[dotted] = (id(v), id(v.__code__))
     # ipykernel sets builtins.input (and getpass) itself before each cell
     state["builtins"] = {
         k: id(v)
@@ -735,12 +741,7 @@ def tamper_scan(reset: bool = False) -> list[str]:
                     found.append(f"{key} replaced or rewritten")
             elif old != value:
                 found.append(f"{key} changed")
-        lib_code = {}
-        for name, module in list(sys.modules.items()):
-            if name == "lib" or name.startswith("lib."):
-                for attr, v in list(vars(module).items()):
-                    if isinstance(v, types.FunctionType) and v.__module__ == name:
-                        lib_code[id(v.__code__)] = (f"{name}.{attr}", id(v))
+        lib_code = {id(v.__code__): (dotted, id(v)) for dotted, v in _lib_functions()}
         for attr, v in list(vars(sys.modules["__main__"]).items()):
             if isinstance(v, types.FunctionType) and id(v.__code__) in lib_code:
                 reference, original = lib_code[id(v.__code__)]

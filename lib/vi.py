@@ -37,12 +37,8 @@ from lib.checks import float_tensor, nonnegative_int, positive_int
 
 
 def _check_data(x) -> torch.Tensor:
-    float_tensor("x", x, dim=1, shape="(n,)")
-    if len(x) == 0:
-        raise ValueError(
-            f"x must have shape (n,) with n >= 1 observations, got {tuple(x.shape)}"
-        )
-    return x
+    shape = "(n,) with n >= 1 observations"
+    return float_tensor("x", x, dim=1, shape=shape, nonempty=True)
 
 
 def _positive_scalar(name: str, value, like: torch.Tensor) -> torch.Tensor:

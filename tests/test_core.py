@@ -327,6 +327,11 @@ def test_checks_name_the_argument_and_the_expectation():
         float_tensor("z", torch.tensor([1]))
     with pytest.raises(ValueError, match=r"z must have shape \(n, d\), got \(3,\)"):
         float_tensor("z", torch.zeros(3), dim=2, shape="(n, d)")
+    with pytest.raises(ValueError, match=r"z must have shape \(n, d\), got \(0, 2\)"):
+        float_tensor("z", torch.zeros(0, 2), dim=2, shape="(n, d)", nonempty=True)
+    assert float_tensor("z", torch.zeros(0, 2), dim=2) is not None  # empty is allowed
+    with pytest.raises(ValueError, match=r"z must have at least one row, got \(\)"):
+        float_tensor("z", torch.tensor(1.0), nonempty=True)
     for bad in (0, -1, 2.0, True, "3"):
         with pytest.raises(ValueError, match="K must be a positive int"):
             positive_int("K", bad)
@@ -383,3 +388,19 @@ def test_page_setup_seeds_one_thread_and_an_empty_results_list():
         assert plt.rcParams["axes.spines.top"] is False  # the course style
     finally:
         torch.set_num_threads(threads)
+
+
+def test_empty_data_is_refused_by_name():
+    from lib.elbo import gmm_init
+    from lib.gan import discriminator_loss
+    from lib.vi import NormalGamma, normal_gamma_posterior
+
+    with pytest.raises(ValueError, match=r"x must have shape \(n, d\) with n >= 1"):
+        gmm_init(torch.zeros(0, 2), 2)
+    with pytest.raises(
+        ValueError, match=r"real_logits must have shape \(n,\) with n >= 1"
+    ):
+        discriminator_loss(torch.zeros(0), torch.zeros(3))
+    prior = NormalGamma(*torch.ones(4))
+    with pytest.raises(ValueError, match=r"x must have shape \(n,\) with n >= 1"):
+        normal_gamma_posterior(torch.zeros(0), prior)
