@@ -39,6 +39,7 @@ import io
 import json
 import linecache
 import marshal
+import math
 import os
 import pickle
 import threading
@@ -309,8 +310,8 @@ class Session:
             name, message = reply["raised"]
             if name == "KeyboardInterrupt":
                 raise grading.CallFailed(
-                    f"{where} did not return within {self.client.timeout} s "
-                    "(the time limit of a cell)"
+                    f"{where} did not return within the cell's time limit "
+                    f"({self.client.timeout} s for the whole cell)"
                 )
             raise _exception_type(str(name))(str(message))
         if "unsendable" in reply:
@@ -434,6 +435,7 @@ class GradingExecute(Execute):
         self.session.namespace = Namespace(self.trusted.names, self.session)
         self.findings: list[str] = []
         deadline = self._deadline = time.monotonic() + self.notebook_timeout
+        self._cell_deadline = None  # while an instructor cell runs here (`_run_here`)
         # The setup cells run here while the kernel starts and runs the student's first
         # cells: importing lib and loading data would otherwise be seconds of waiting at
         # the first test cell.
@@ -544,10 +546,21 @@ class GradingExecute(Execute):
     def request(self, payload: bytes, streams: list) -> dict:
         """Send one pickled request to the kernel's `lib.grading.serve`; return its
         reply."""
-        if time.monotonic() > self._deadline:
+        now = time.monotonic()
+        if now > self._deadline:
             raise grading.CallFailed(
                 f"the notebook ran past its {self.notebook_timeout} s limit"
             )
+        # A cell's time limit holds for the whole cell, however many calls it makes:
+        # each call gets what the cell has left.
+        limit = self.timeout
+        if self._cell_deadline is not None:
+            left = self._cell_deadline - now
+            if left <= 0:
+                raise grading.CallFailed(
+                    f"the cell ran past its time limit ({limit} s for the whole cell)"
+                )
+            self.timeout = max(1, min(limit, math.ceil(left)))
         # The payload rides in the request's metadata, not in the code: IPython reads a
         # cell's source through its input transformers, about 0.4 s per MB.
         cell = nbformat.v4.new_code_cell("__import__('lib.grading').grading.serve()")
@@ -569,7 +582,7 @@ class GradingExecute(Execute):
         except (DeadKernelError, CellTimeoutError) as lost:
             raise KernelLost(type(lost)) from None
         finally:
-            self.nb = notebook
+            self.nb, self.timeout = notebook, limit
             del self.kc.execute  # the client's own again
         reply, errors = None, []
         for output in cell.outputs:
@@ -579,8 +592,8 @@ class GradingExecute(Execute):
                 errors.append(f"{output.get('ename')}: {str(output.get('evalue'))[:200]}")
                 if output.get("ename") == "CellTimeoutError":
                     raise grading.CallFailed(
-                        f"your code did not return within {self.timeout} s "
-                        "(the time limit of a cell)"
+                        "your code did not return within the cell's time limit "
+                        f"({self.timeout} s for the whole cell)"
                     )
             elif isinstance(output.get("data", {}).get(grading.REPLY_MIME), dict):
                 reply = output["data"][grading.REPLY_MIME]
@@ -635,7 +648,11 @@ class GradingExecute(Execute):
         self._setup.join(max(0.0, self._deadline - time.monotonic()))
         namespace.forget_kernel_values()
         outputs = []
-        self._exec(self.trusted.all_sources()[name], name, outputs)
+        self._cell_deadline = time.monotonic() + self.timeout
+        try:
+            self._exec(self.trusted.all_sources()[name], name, outputs)
+        finally:
+            self._cell_deadline = None
         cell.outputs = outputs
 
     def _run_setup(self) -> None:
