@@ -279,6 +279,22 @@ class Training:
         one_of("schedule", self.schedule, ("constant", "cosine"))
 
 
+def _optimisers(model: GAN, training: Training):
+    """Adam for each player, and the schedulers that decay both rates (none for a
+    constant rate): ``(opt_d, opt_g, schedulers)``."""
+    d_lr = training.lr if training.d_lr is None else training.d_lr
+    opt_d = torch.optim.Adam(
+        model.discriminator.parameters(), lr=d_lr, betas=training.betas, foreach=True
+    )
+    opt_g = torch.optim.Adam(
+        model.generator.parameters(), lr=training.lr, betas=training.betas, foreach=True
+    )
+    if training.schedule == "constant":
+        return opt_d, opt_g, []
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR
+    return opt_d, opt_g, [cosine(opt, max(training.steps, 1)) for opt in (opt_d, opt_g)]
+
+
 def train_gan(
     model: GAN,
     x: torch.Tensor,
@@ -312,28 +328,11 @@ def train_gan(
     float_tensor("x", x, dim=2, shape=f"(n, {model.data_dim})")
     if x.shape[1] != model.data_dim:
         raise ValueError(f"x must have shape (n, {model.data_dim}), got {tuple(x.shape)}")
-    steps, kind, betas = training.steps, training.kind, training.betas
-    lr, d_lr = training.lr, training.d_lr
+    steps, kind = training.steps, training.kind
     device, m = x.device, training.batch_size * model.pack
     g = torch.Generator(device=device).manual_seed(seed)
     z_fixed = torch.randn(n_snapshot, model.latent_dim, device=device, generator=g)
-    opt_d = torch.optim.Adam(
-        model.discriminator.parameters(),
-        lr=lr if d_lr is None else d_lr,
-        betas=betas,
-        foreach=True,
-    )
-    opt_g = torch.optim.Adam(
-        model.generator.parameters(), lr=lr, betas=betas, foreach=True
-    )
-    decay = (
-        [
-            torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
-            for opt in (opt_d, opt_g)
-        ]
-        if training.schedule == "cosine"
-        else []
-    )
+    opt_d, opt_g, decay = _optimisers(model, training)
     records, shots = defaultdict(list), {}
 
     def noise():
