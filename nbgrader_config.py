@@ -30,8 +30,8 @@ c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
 # (course.grader.GradingExecute), never in the kernel. The resource-limited kernel
 # (written into the venv by `make autograde`).
 c.Execute.kernel_name = "dgm-grader"
-# Per-cell timeout (s): the cell is interrupted, gets an error and scores 0. For a test cell
-# (run by the grader) it is the time of all its calls into the student's kernel together.
+# Per-cell timeout (s): the cell is interrupted, gets an error and scores 0. For a test
+# cell (run by the grader) it is the time of all its calls into the student's kernel.
 c.Execute.timeout = 120
 c.Execute.interrupt_on_timeout = True
 # Seconds to wait for a cell's last output after its reply (generous: the machine may be
